@@ -1,0 +1,3 @@
+from crossway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The `crossway` command: parses arguments, calls one library function, prints. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import crossway as cw
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may come after flags: `train C --resume a.b=1`
+    if extra and getattr(args, "func", None) is _train and all("=" in e for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except cw.CrosswayError as e:
+        print(f"crossway: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crossway: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crossway", description="Train, decode and evaluate encoder-decoder models.")
+    p.add_argument("--version", action="version", version=f"crossway {cw.__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    data = sub.add_parser("data", help="prepare a built-in data set").add_subparsers(metavar="RECIPE")
+    g2p = data.add_parser("g2p", help="CMU Pronouncing Dictionary -> OUTDIR/{train,valid,test}.tsv")
+    g2p.add_argument("outdir")
+    g2p.add_argument("--keep-stress", action="store_true", help="keep the stress digits on vowels (AH0, EY1)")
+    g2p.set_defaults(func=_data_g2p)
+
+    tr = sub.add_parser("train", help="train a model from a YAML config")
+    tr.add_argument("config", help="YAML file (see configs/)")
+    tr.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=3e-4 model.cell=lstm")
+    tr.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from last/")
+    tr.add_argument("--overwrite", action="store_true", help="delete an existing run in train.out_dir first")
+    tr.set_defaults(func=_train)
+
+    tl = sub.add_parser("translate", help="decode lines (stdin -> stdout, one output line per input line)")
+    _model_args(tl)
+    tl.add_argument("--input", help="input file (default: stdin)")
+    tl.add_argument("--output", help="output file (default: stdout)")
+    tl.add_argument("--max-src-len", type=int, help="longest input in tokens (default: the model's data.max_src_len)")
+    tl.set_defaults(func=_translate)
+
+    ev = sub.add_parser("evaluate", help="decode a data file and score it (WER, PER, CER, exact match)")
+    _model_args(ev)
+    ev.add_argument("--data", required=True, help="data file in the run's format (e.g. test.tsv)")
+    ev.add_argument("--report", help="JSON report path (default: RUN/eval-<data name>.json)")
+    ev.add_argument("--hyps", help="also write one hypothesis per distinct input to this file")
+    ev.set_defaults(func=_evaluate)
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="run directory (or a checkpoint directory)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--max-tokens", type=int, help="token budget of a decoding batch")
+
+
+def _decode_cfg(args, loaded: cw.LoadedModel) -> cw.DecodeConfig:
+    cfg = loaded.config.decode
+    return dataclasses.replace(cfg, max_tokens=args.max_tokens) if args.max_tokens else cfg
+
+
+def _data_g2p(args) -> None:
+    stats = cw.prepare_g2p(args.outdir, keep_stress=args.keep_stress)
+    print(json.dumps(stats, indent=2))
+
+
+def _train(args) -> None:
+    cw.train(cw.load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
+
+
+def _translate(args) -> None:
+    cw.set_threads(args.threads)
+    loaded = cw.load_checkpoint(args.model, args.checkpoint)
+    lines = cw.read_lines(args.input) if args.input else cw.decode_lines(sys.stdin.buffer.read(), "<stdin>")
+    stats = cw.TranslateStats()
+    outs = cw.translate(loaded.model, loaded.src, loaded.tgt, lines, _decode_cfg(args, loaded),
+                        args.max_src_len or loaded.config.data.max_src_len, stats)
+    text = "".join(o.text + "\n" for o in outs)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    if stats.unknown_tokens or stats.unfinished:
+        print(f"crossway: {stats.unknown_tokens} input tokens not in the vocabulary were read as <unk>; "
+              f"{stats.unfinished} outputs stopped at the length limit", file=sys.stderr)
+
+
+def _evaluate(args) -> None:
+    cw.set_threads(args.threads)
+    loaded = cw.load_checkpoint(args.model, args.checkpoint)
+    result = cw.evaluate_file(loaded, args.data, _decode_cfg(args, loaded))
+    report = {"model": str(loaded.path), "data": args.data, **result.metrics}
+    path = Path(args.report) if args.report else Path(args.model) / f"eval-{Path(args.data).stem}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.hyps:
+        Path(args.hyps).write_text("".join(f"{s}\t{h}\n" for s, h in zip(result.sources, result.hypotheses,
+                                                                          strict=True)), encoding="utf-8")
+    print(json.dumps(report, indent=2))
+    print(f"report written to {path}", file=sys.stderr)

@@ -1,0 +1,162 @@
+"""Run configuration: one dataclass per component, YAML files, strict `section.key=value` overrides.
+
+Unknown keys are errors that list the valid ones; values are converted to the field's type or rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crossway.decoding import DecodeConfig
+from crossway.errors import ConfigError
+from crossway.models import MODELS
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    train: str = ""  # a TSV file, or for format=text the prefix of PREFIX.<src_ext> and PREFIX.<tgt_ext>
+    valid: str = ""
+    test: str = ""
+    format: str = "tsv"  # tsv | text
+    src_col: str = "0"  # TSV column: 0-based index or, with header: true, a header name
+    tgt_col: str = "1"
+    header: bool = False
+    src_ext: str = "src"
+    tgt_ext: str = "tgt"
+    src_tokenizer: str = "char"  # char | word
+    tgt_tokenizer: str = "word"
+    max_src_len: int = 64  # longer training examples are skipped and counted
+    max_tgt_len: int = 64
+    min_freq: int = 1  # rarer training tokens become <unk>
+
+    def __post_init__(self):
+        if self.format not in ("tsv", "text"):
+            raise ConfigError(f"data.format must be 'tsv' or 'text', not {self.format!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    out_dir: str = "runs/default"
+    seed: int = 1
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    max_tokens: int = 2000  # token budget per batch (rows x longest side, padding included)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    schedule: str = "rsqrt"  # rsqrt (inverse square root after warm-up) | cosine | constant
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    max_epochs: int = 100
+    max_steps: int = 0  # 0 = no limit; also the length of the cosine schedule (else max_epochs)
+    max_minutes: float = 0.0  # wall-clock training budget, validation excluded; 0 = none
+    patience: int = 8  # early stopping: validations without improvement of `metric`
+    metric: str = "wer"  # wer | per | cer | exact_match | loss
+    log_every: int = 100  # steps between metric log lines
+    progress: bool = True  # progress bar on stderr
+
+    def __post_init__(self):
+        if self.schedule not in ("rsqrt", "cosine", "constant"):
+            raise ConfigError(f"train.schedule must be rsqrt, cosine or constant, not {self.schedule!r}")
+        if self.metric not in ("wer", "per", "cer", "exact_match", "loss"):
+            raise ConfigError(f"train.metric must be wer, per, cer, exact_match or loss, not {self.metric!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = field(default_factory=lambda: MODELS["rnn"][0]())
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> RunConfig:
+        raw = dict(raw or {})
+        _reject_unknown(raw, ["data", "model", "train", "decode"], "")
+        model_raw = dict(raw.get("model") or {})
+        arch = model_raw.get("arch", "rnn")
+        if arch not in MODELS:
+            raise ConfigError(f"unknown model.arch {arch!r}; valid: {', '.join(MODELS)}")
+        return cls(
+            data=_build(DataConfig, raw.get("data"), "data"),
+            model=_build(MODELS[arch][0], model_raw, "model"),
+            train=_build(TrainConfig, raw.get("train"), "train"),
+            decode=_build(DecodeConfig, raw.get("decode"), "decode"),
+        )
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """YAML file (or defaults when path is None) plus `section.key=value` overrides."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, decode)")
+    return RunConfig.from_dict(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=3e-4)")
+        section, name = parts
+        if section not in ("data", "model", "train", "decode"):
+            raise ConfigError(f"override {item!r}: unknown section {section!r}; valid: data, model, train, decode")
+        raw.setdefault(section, {})
+        raw[section][name] = yaml.safe_load(value) if value != "" else ""
+    return raw
+
+
+def _reject_unknown(raw: dict, valid: list[str], prefix: str) -> None:
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        names = ", ".join(f"{prefix}{k}" for k in unknown)
+        raise ConfigError(f"unknown config key(s) {names}; valid: {', '.join(prefix + v for v in valid)}")
+
+
+def _build(cls, raw: dict | None, section: str):
+    raw = dict(raw or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(raw, list(fields), section + ".")
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _coerce(value, typ, name: str):
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"{name} must be of type {typ.__name__}, got {value!r}")

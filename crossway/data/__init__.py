@@ -1,0 +1,1 @@
+"""Data: tokenizers and vocabularies, readers for parallel text, batching, and task recipes."""

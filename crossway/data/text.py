@@ -1,0 +1,141 @@
+"""Readers for parallel text: a TSV file with chosen columns, or two line-aligned text files.
+
+Lines are split on "\\n" only (a trailing "\\r" is removed), never on other Unicode line breaks, so characters
+such as U+2028 or NUL inside a sentence keep the pairs aligned. Every problem is reported with `file:line`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossway.data.tokenizers import TextCodec
+from crossway.errors import DataError
+
+
+@dataclass(frozen=True)
+class Pair:
+    src: str
+    tgt: str
+    line: int  # 1-based line number in the file it came from (the source file for two-file corpora)
+
+
+@dataclass(frozen=True)
+class Example:
+    src: list[int]  # token ids, no bos/eos
+    tgt: list[int]
+    line: int
+
+
+@dataclass
+class SkipReport:
+    """What was left out of a data set and why; never silent."""
+
+    path: str
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    first_lines: dict = field(default_factory=dict)  # reason -> first few line numbers
+
+    def skip(self, reason: str, line: int) -> None:
+        self.skipped[reason] += 1
+        self.first_lines.setdefault(reason, [])
+        if len(self.first_lines[reason]) < 5:
+            self.first_lines[reason].append(line)
+
+    def summary(self) -> str:
+        parts = [f"{self.path}: {self.kept} examples kept"]
+        for reason, n in sorted(self.skipped.items()):
+            lines = ", ".join(map(str, self.first_lines[reason]))
+            parts.append(f"{n} skipped ({reason}; first at line {lines})")
+        return "; ".join(parts)
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """All lines of a UTF-8 file; invalid UTF-8 is an error naming the line and byte offset."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return decode_lines(raw, str(path))
+
+
+def decode_lines(raw: bytes, name: str) -> list[str]:
+    """Split bytes on b"\\n" (dropping a trailing "\\r") and decode each line as strict UTF-8."""
+    chunks = raw.split(b"\n")
+    if chunks and chunks[-1] == b"":
+        chunks.pop()
+    lines = []
+    for i, chunk in enumerate(chunks, start=1):
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+        try:
+            lines.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name}:{i}: invalid UTF-8 at byte {e.start} of the line") from None
+    return lines
+
+
+def _column_index(col: str, header: list[str] | None, path: Path) -> int:
+    if col.isdigit():
+        return int(col)
+    if header is None:
+        raise DataError(f"{path}: column {col!r} is a name, but the file is read without a header (data.header)")
+    if col not in header:
+        raise DataError(f"{path}:1: no column named {col!r}; the header has {header}")
+    return header.index(col)
+
+
+def read_tsv(path: str | Path, src_col: str = "0", tgt_col: str = "1", header: bool = False) -> list[Pair]:
+    """Pairs from a tab-separated file. Columns are 0-based indices ("0") or header names ("en")."""
+    path = Path(path)
+    lines = read_lines(path)
+    names = lines[0].split("\t") if header and lines else None
+    start = 1 if header else 0
+    width = len(names) if names else (len(lines[0].split("\t")) if lines else 0)
+    si, ti = _column_index(str(src_col), names, path), _column_index(str(tgt_col), names, path)
+    if max(si, ti) >= width and lines:
+        raise DataError(f"{path}:{start + 1}: column {max(si, ti)} requested, but lines have {width} fields")
+    pairs = []
+    for n, line in enumerate(lines[start:], start=start + 1):
+        fields = line.split("\t")
+        if len(fields) != width:
+            raise DataError(f"{path}:{n}: expected {width} tab-separated fields, found {len(fields)}")
+        pairs.append(Pair(fields[si], fields[ti], n))
+    return pairs
+
+
+def read_text_pair(src_path: str | Path, tgt_path: str | Path) -> list[Pair]:
+    """Pairs from two line-aligned files; a line-count mismatch is an error naming both files."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise DataError(f"line counts differ: {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)} "
+                        f"({len(src)} != {len(tgt)})")
+    return [Pair(s, t, i) for i, (s, t) in enumerate(zip(src, tgt, strict=True), start=1)]
+
+
+def encode_pairs(pairs: list[Pair], src: TextCodec, tgt: TextCodec, max_src_len: int, max_tgt_len: int,
+                 path: str) -> tuple[list[Example], SkipReport]:
+    """Token ids for each pair. Empty and over-long pairs are skipped and counted in the report."""
+    report = SkipReport(path)
+    out = []
+    for p in pairs:
+        s, t = src.encode(p.src), tgt.encode(p.tgt)
+        if not s or not t:
+            report.skip("empty source or target", p.line)
+        elif len(s) > max_src_len:
+            report.skip(f"source longer than {max_src_len} tokens", p.line)
+        elif len(t) > max_tgt_len:
+            report.skip(f"target longer than {max_tgt_len} tokens", p.line)
+        else:
+            out.append(Example(s, t, p.line))
+    report.kept = len(out)
+    return out, report
+
+
+def read_corpus(path: str, fmt: str, src_col: str = "0", tgt_col: str = "1", header: bool = False,
+                src_ext: str = "src", tgt_ext: str = "tgt") -> list[Pair]:
+    """One data split: a TSV file (fmt="tsv") or the pair of files PATH.src_ext / PATH.tgt_ext (fmt="text")."""
+    if fmt == "tsv":
+        return read_tsv(path, src_col, tgt_col, header)
+    return read_text_pair(f"{path}.{src_ext}", f"{path}.{tgt_ext}")

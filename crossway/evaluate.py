@@ -1,0 +1,48 @@
+"""Decode a data set and score it against every reference of each input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from crossway.data.text import Pair, read_corpus
+from crossway.data.tokenizers import TextCodec
+from crossway.decoding import DecodeConfig
+from crossway.inference import TranslateStats, translate
+from crossway.metrics import error_rates
+from crossway.training.checkpoint import LoadedModel
+
+
+@dataclass
+class Evaluation:
+    metrics: dict  # n, wer, per, cer, exact_match, plus decoding counts
+    sources: list[str]  # distinct inputs, in first-seen order
+    references: list[list[str]]  # every reference of each input
+    hypotheses: list[str]
+
+
+def group_references(pairs: list[Pair]) -> tuple[list[str], list[list[str]]]:
+    """Rows with the same source are one input with several references (e.g. a word's pronunciations)."""
+    refs: dict[str, list[str]] = {}
+    for p in pairs:
+        refs.setdefault(p.src, []).append(p.tgt)
+    return list(refs), list(refs.values())
+
+
+def evaluate_pairs(model: nn.Module, src: TextCodec, tgt: TextCodec, pairs: list[Pair], cfg: DecodeConfig,
+                   max_src_len: int | None = None) -> Evaluation:
+    sources, references = group_references(pairs)
+    stats = TranslateStats()
+    outs = translate(model, src, tgt, sources, cfg, max_src_len, stats)
+    tok = tgt.tokenizer.tokenize
+    metrics = error_rates([o.tokens for o in outs], [[tok(r) for r in rs] for rs in references])
+    metrics.update(unknown_input_tokens=stats.unknown_tokens, unfinished=stats.unfinished)
+    return Evaluation(metrics, sources, references, [o.text for o in outs])
+
+
+def evaluate_file(loaded: LoadedModel, path: str, cfg: DecodeConfig | None = None) -> Evaluation:
+    """Score a data file read with the run's own data settings (format and columns)."""
+    d = loaded.config.data
+    pairs = read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)
+    return evaluate_pairs(loaded.model, loaded.src, loaded.tgt, pairs, cfg or loaded.config.decode)

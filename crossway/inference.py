@@ -1,0 +1,72 @@
+"""Text in, text out: tokenize, batch by length, decode through the model protocol, detokenize."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from crossway.data.batching import pad, token_budget_batches
+from crossway.data.text import Example
+from crossway.data.tokenizers import PAD_ID, UNK_ID, TextCodec
+from crossway.decoding import DecodeConfig, greedy_search
+from crossway.errors import DataError
+
+
+@dataclass
+class Translation:
+    text: str  # detokenized output; "" for an empty input
+    tokens: list[str]  # output tokens
+    src_tokens: list[str]  # input tokens as the model saw them (unknown ones as <unk>)
+    score: float  # sum of log-probabilities
+    finished: bool  # False when the length limit stopped decoding before eos
+    attention: Tensor | None = None  # (T, ..., S) when DecodeConfig.return_attention
+
+
+@dataclass
+class TranslateStats:
+    inputs: int = 0
+    empty: int = 0
+    unknown_tokens: int = 0  # input tokens not in the source vocabulary, decoded as <unk>
+    unfinished: int = 0  # outputs cut by the length limit
+
+
+def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str], cfg: DecodeConfig,
+              max_src_len: int | None = None, stats: TranslateStats | None = None) -> list[Translation]:
+    """One translation per input text, in input order. An input longer than `max_src_len` tokens is an error
+    naming its (1-based) position; nothing is truncated. Empty inputs give empty outputs."""
+    stats = stats if stats is not None else TranslateStats()
+    stats.inputs += len(texts)
+    ids = [src.encode(t) for t in texts]
+    for n, seq in enumerate(ids, start=1):
+        if max_src_len is not None and len(seq) > max_src_len:
+            raise DataError(f"input line {n} has {len(seq)} tokens, over the limit of {max_src_len} "
+                            f"(the model's data.max_src_len; raise it with --max-src-len)")
+        stats.unknown_tokens += sum(i == UNK_ID for i in seq)
+    out: list[Translation | None] = [None] * len(texts)
+    todo = []
+    for i, seq in enumerate(ids):
+        if seq:
+            todo.append(i)
+        else:
+            stats.empty += 1
+            out[i] = Translation("", [], [], 0.0, True)
+    examples = [Example(ids[i], [], i + 1) for i in todo]
+    device = next(model.parameters()).device
+    model.eval()
+    for batch in token_budget_batches(examples, max(cfg.max_tokens, max((len(e.src) for e in examples),
+                                                                        default=1)), shuffle=False):
+        rows = [todo[b] for b in batch]
+        src_t = pad([ids[r] for r in rows]).to(device)
+        for r, hyp in zip(rows, greedy_search(model, src_t, src_t != PAD_ID, cfg), strict=True):
+            toks = tgt.vocab.decode(hyp.tokens)
+            stats.unfinished += not hyp.finished
+            out[r] = Translation(tgt.tokenizer.detokenize(toks), toks, src.vocab.decode(ids[r]), hyp.score,
+                                 hyp.finished, hyp.attention)
+    return out  # type: ignore[return-value]
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)

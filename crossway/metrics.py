@@ -1,0 +1,54 @@
+"""Sequence metrics with several references per input: pure functions over token lists.
+
+In G2P each input is one word, so WER is the fraction of words whose output matches no reference
+pronunciation, and PER is the phoneme edit distance to the closest reference over that reference's length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance (unit costs) between two sequences."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def closest(hyp: Sequence, refs: Sequence[Sequence]) -> tuple[int, int]:
+    """(edit distance, reference length) for the reference closest to hyp (shorter reference on ties)."""
+    return min((edit_distance(hyp, r), len(r)) for r in refs)
+
+
+def error_rates(hyps: Sequence[list[str]], refs: Sequence[Sequence[list[str]]]) -> dict[str, float]:
+    """hyps[i] is a token list, refs[i] a non-empty list of token lists.
+
+    wer: inputs whose output equals no reference; per: token edits to the closest reference / its length;
+    cer: the same on characters of the space-joined strings; exact_match = 1 - wer.
+    """
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} reference sets")
+    n = len(hyps)
+    if n == 0:
+        return {"n": 0, "wer": 0.0, "per": 0.0, "cer": 0.0, "exact_match": 0.0}
+    wrong = tok_err = tok_len = chr_err = chr_len = 0
+    for h, rs in zip(hyps, refs, strict=True):
+        wrong += all(list(h) != list(r) for r in rs)
+        d, ln = closest(h, rs)
+        tok_err, tok_len = tok_err + d, tok_len + ln
+        d, ln = closest(" ".join(h), [" ".join(r) for r in rs])
+        chr_err, chr_len = chr_err + d, chr_len + ln
+    return {
+        "n": n,
+        "wer": wrong / n,
+        "per": tok_err / max(1, tok_len),
+        "cer": chr_err / max(1, chr_len),
+        "exact_match": 1 - wrong / n,
+    }

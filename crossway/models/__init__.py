@@ -1,0 +1,9 @@
+"""Sequence models. Each module defines its config dataclass and a `build_*` function; `MODELS` maps the
+`model.arch` name of a configuration to both."""
+
+from crossway.models.interface import Memory, Seq2Seq, State, select_batch
+from crossway.models.rnn import RNNConfig, build_rnn
+
+MODELS = {"rnn": (RNNConfig, build_rnn)}
+
+__all__ = ["MODELS", "Memory", "RNNConfig", "Seq2Seq", "State", "build_rnn", "select_batch"]

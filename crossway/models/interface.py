@@ -1,0 +1,39 @@
+"""The one protocol every sequence model satisfies; search, scoring and serving use nothing else.
+
+B batch, S source length, T target length, V target vocabulary.
+
+`memory` (from `encode`) and `state` (from `decode_step`) are dicts of tensors whose first dimension is the
+batch. That single rule is what lets search stay architecture-agnostic: beams are expanded, reordered and
+finished sentences dropped with `select_batch`, whatever the model keeps inside (an RNN hidden state, a
+key/value cache, projected encoder keys). Models that attend put the last step's attention weights,
+(B, S) or (B, heads, S) or (B, layers, heads, S), under `state["attn"]`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+Memory = dict[str, Tensor]
+State = dict[str, Tensor]
+
+
+@runtime_checkable
+class Seq2Seq(Protocol):
+    def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
+        """src (B, S) ids, src_mask (B, S) bool (True = token) -> memory, batch-first tensors."""
+        ...
+
+    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None) -> tuple[Tensor, State]:
+        """prev_tokens (B,) -> logits (B, V) for the next token and the new state (None before step 1)."""
+        ...
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for target inputs tgt_in (B, T) that start with bos."""
+        ...
+
+
+def select_batch(tree: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+    """Rows `index` (long, (B',)) of every tensor in a memory or state dict: reorder, repeat or drop."""
+    return {k: v.index_select(0, index) for k, v in tree.items()}

@@ -1,0 +1,1 @@
+"""Training: the loop, the loss, the optimizer and schedule, and checkpoints."""

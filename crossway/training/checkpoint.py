@@ -1,0 +1,155 @@
+"""Self-describing checkpoints: safetensors weights + JSON config + JSON vocabularies; no pickle anywhere.
+
+A checkpoint is a directory:
+    model.safetensors   weights
+    config.json         the whole RunConfig (the model is rebuilt from it)
+    vocab.json          source and target tokenizer + vocabulary
+    trainer.safetensors optimizer tensors and the torch RNG state (training checkpoints only)
+    trainer.json        step, epoch, data position, early-stopping state, optimizer hyper-parameters
+
+Writes are atomic: the directory is written under NAME.tmp, its files fsynced, then renamed into place
+(the previous NAME is moved to NAME.old first and removed last). A reader that finds no NAME uses NAME.old.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from crossway.config import RunConfig
+from crossway.data.tokenizers import TextCodec
+from crossway.errors import CheckpointError
+from crossway.models import MODELS
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: RunConfig
+    src: TextCodec
+    tgt: TextCodec
+    path: Path
+
+
+def build_model(config: RunConfig, src_vocab: int, tgt_vocab: int) -> nn.Module:
+    return MODELS[config.model.arch][1](config.model, src_vocab, tgt_vocab)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: RunConfig, src: TextCodec, tgt: TextCodec,
+                    trainer: dict | None = None, optimizer: torch.optim.Optimizer | None = None) -> Path:
+    path = Path(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    _write_json(tmp / "config.json", config.to_dict())
+    _write_json(tmp / "vocab.json", {"src": src.to_dict(), "tgt": tgt.to_dict()})
+    if trainer is not None:
+        tensors, opt_meta = _flatten_optimizer(optimizer)
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "trainer.safetensors"))
+        _write_json(tmp / "trainer.json", {**trainer, "optimizer": opt_meta,
+                                           "rng_python": _py_rng_to_json(random.getstate())})
+    _fsync_dir(tmp)
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint directory itself, or RUN/<which> (falling back to RUN/<which>.old after a cut save)."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    for candidate in (path / which, path / f"{which}.old"):
+        if (candidate / "model.safetensors").exists():
+            return candidate
+    raise CheckpointError(f"{path}: no checkpoint here (expected {path / which}/model.safetensors)")
+
+
+def load_checkpoint(path: str | Path, which: str = "best") -> LoadedModel:
+    ckpt = resolve_checkpoint(path, which)
+    try:
+        config = RunConfig.from_dict(json.loads((ckpt / "config.json").read_text(encoding="utf-8")))
+        vocab = json.loads((ckpt / "vocab.json").read_text(encoding="utf-8"))
+        src, tgt = TextCodec.from_dict(vocab["src"]), TextCodec.from_dict(vocab["tgt"])
+        model = build_model(config, len(src.vocab), len(tgt.vocab))
+        missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+    except (OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{ckpt}: cannot load checkpoint ({e})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt}: weights do not match the config (missing {missing}, "
+                              f"unexpected {unexpected})")
+    model.eval()
+    return LoadedModel(model, config, src, tgt, ckpt)
+
+
+def load_trainer_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore optimizer and RNG states saved by `save_checkpoint`; returns the trainer JSON."""
+    try:
+        meta = json.loads((ckpt / "trainer.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(ckpt / "trainer.safetensors"))
+    except OSError as e:
+        raise CheckpointError(f"{ckpt}: no trainer state to resume from ({e.strerror})") from None
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta.pop("optimizer")))
+    torch.set_rng_state(tensors["rng.torch"])
+    random.setstate(_py_rng_from_json(meta.pop("rng_python")))
+    return meta
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{k}"] = v.contiguous()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _py_rng_to_json(st) -> list:
+    return [st[0], list(st[1]), st[2]]
+
+
+def _py_rng_from_json(st) -> tuple:
+    return (st[0], tuple(st[1]), st[2])

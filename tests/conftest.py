@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny deterministic data and configs. Slow checks are marked `slow` and off by default."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from crossway.config import RunConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    random.seed(0)
+
+
+def reversal_rows(n: int, seed: int, alphabet: str = "abcdefgh", lengths=(3, 7)) -> list[tuple[str, str]]:
+    """The reversal task: a random string and its reverse, target written as space-separated tokens."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(*lengths)))
+        rows.append((s, " ".join(reversed(s))))
+    return rows
+
+
+def write_tsv(path: Path, rows) -> Path:
+    path.write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def reversal_data(tmp_path) -> dict[str, Path]:
+    return {
+        "train": write_tsv(tmp_path / "train.tsv", reversal_rows(3000, seed=1)),
+        "valid": write_tsv(tmp_path / "valid.tsv", reversal_rows(200, seed=2)),
+    }
+
+
+def tiny_config(data: dict[str, Path], out_dir: Path, **sections) -> RunConfig:
+    raw = {
+        "data": {"train": str(data["train"]), "valid": str(data["valid"]), "max_src_len": 20, "max_tgt_len": 20},
+        "model": {"emb_dim": 16, "hidden": 32, "dropout": 0.0},
+        "train": {"out_dir": str(out_dir), "max_tokens": 400, "lr": 0.01, "warmup_steps": 20, "max_epochs": 2,
+                  "progress": False, "log_every": 10, "threads": 1},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return RunConfig.from_dict(raw)
