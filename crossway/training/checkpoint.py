@@ -101,6 +101,8 @@ def load_checkpoint(path: str | Path, which: str = "best") -> LoadedModel:
         src, tgt = TextCodec.from_dict(vocab["src"]), TextCodec.from_dict(vocab["tgt"])
         model = build_model(config, len(src.vocab), len(tgt.vocab))
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise CheckpointError(f"{ckpt}: weights do not match the config ({str(e).strip()[:500]})") from None
     except (OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"{ckpt}: cannot load checkpoint ({e})") from None
     if missing or unexpected:

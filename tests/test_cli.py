@@ -1,0 +1,115 @@
+"""Subprocess smoke tests of every subcommand, and of the errors a user sees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, reversal_rows, write_tsv
+
+
+def cw(*args: str, stdin: str | bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    return subprocess.run([sys.executable, "-m", "crossway", *args], input=data, capture_output=True, cwd=cwd,
+                          timeout=300)
+
+
+def assert_clean_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
+    err = p.stderr.decode()
+    assert p.returncode == 2, err
+    assert "Traceback" not in err and err.startswith("crossway: error:"), err
+    for f in fragments:
+        assert f in err, err
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    write_tsv(d / "train.tsv", reversal_rows(600, seed=1))
+    write_tsv(d / "valid.tsv", reversal_rows(50, seed=2))
+    (d / "cfg.yaml").write_text(
+        f"data: {{train: {d / 'train.tsv'}, valid: {d / 'valid.tsv'}, max_src_len: 10, max_tgt_len: 10}}\n"
+        "model: {emb_dim: 16, hidden: 24}\n"
+        f"train: {{out_dir: {d / 'run'}, max_tokens: 300, max_epochs: 1, threads: 1, progress: false}}\n")
+    p = cw("train", str(d / "cfg.yaml"), "train.lr=0.01", "model.cell=lstm")
+    assert p.returncode == 0, p.stderr.decode()
+    return {"dir": d, "run": d / "run", "cfg": d / "cfg.yaml"}
+
+
+def test_data_g2p(tmp_path):
+    p = cw("data", "g2p", str(tmp_path / "g2p"))
+    assert p.returncode == 0, p.stderr.decode()
+    stats = json.loads(p.stdout)
+    assert stats["words"]["train"] > 100_000 and stats["keep_stress"] is False
+    first = (tmp_path / "g2p" / "test.tsv").read_text().splitlines()[0]
+    word, phones = first.split("\t")
+    assert word == word.lower() and phones and not any(c.isdigit() for c in phones)
+
+
+def test_train_wrote_a_run(run):
+    assert (run["run"] / "best" / "model.safetensors").exists()
+    assert json.loads((run["run"] / "best" / "config.json").read_text())["model"]["cell"] == "lstm"
+    assert_clean_error(cw("train", str(run["cfg"]), "--resume"), "model config differs")  # cell is gru there
+    p = cw("train", str(run["cfg"]), "--resume", "train.max_epochs=2", "model.cell=lstm", "train.lr=0.01")
+    assert p.returncode == 0, p.stderr.decode()
+    assert "epoch 2 " in p.stdout.decode()
+    p = cw("train", str(run["cfg"]))
+    assert_clean_error(p, "--resume", "--overwrite")
+
+
+def test_translate_stdin_keeps_one_line_per_input(run):
+    p = cw("translate", "--model", str(run["run"]), stdin="abc\n\nhgfe\nabz\n")
+    assert p.returncode == 0, p.stderr.decode()
+    out = p.stdout.decode().split("\n")
+    assert len(out) == 5 and out[1] == "" and out[4] == ""  # 4 lines, the empty one kept in place
+    assert "1 input tokens not in the vocabulary" in p.stderr.decode()
+
+
+def test_translate_files(run, tmp_path):
+    (tmp_path / "in.txt").write_text("abc\ndd\n")
+    p = cw("translate", "--model", str(run["run"]), "--input", str(tmp_path / "in.txt"), "--output",
+           str(tmp_path / "out.txt"), "--checkpoint", "last")
+    assert p.returncode == 0, p.stderr.decode()
+    assert len((tmp_path / "out.txt").read_text().splitlines()) == 2
+
+
+def test_translate_refuses_overlong_input(run):
+    assert_clean_error(cw("translate", "--model", str(run["run"]), stdin="ab\n" + "a" * 50 + "\n"),
+                       "input line 2 has 50 tokens", "limit of 10")
+
+
+def test_evaluate_writes_a_report(run, tmp_path):
+    p = cw("evaluate", "--model", str(run["run"]), "--data", str(run["dir"] / "valid.tsv"), "--report",
+           str(tmp_path / "r.json"), "--hyps", str(tmp_path / "h.tsv"))
+    assert p.returncode == 0, p.stderr.decode()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {"wer", "per", "cer", "exact_match", "n"} <= set(report) and report["n"] > 0
+    assert json.loads(p.stdout) == report
+    assert len((tmp_path / "h.tsv").read_text().splitlines()) == report["n"]
+
+
+def test_bad_inputs_are_clean_errors(run, tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("abc\tc b a\nabd\td b a\textra\n")
+    assert_clean_error(cw("evaluate", "--model", str(run["run"]), "--data", str(bad)),
+                       "bad.tsv:2: expected 2 tab-separated fields, found 3")
+    utf = tmp_path / "utf.tsv"
+    utf.write_bytes(b"abc\tc b a\nab\xc3\tb a\n")
+    assert_clean_error(cw("train", str(run["cfg"]), f"data.train={utf}", f"train.out_dir={tmp_path / 'r'}"),
+                       "utf.tsv:2: invalid UTF-8")
+    assert_clean_error(cw("train", str(run["cfg"]), "train.nope=1"), "train.nope", "train.lr")
+    assert_clean_error(cw("translate", "--model", str(tmp_path)), "no checkpoint here")
+    (tmp_path / "a.src").write_text("a\nb\nc\n")
+    (tmp_path / "a.tgt").write_text("a\nb\n")
+    assert_clean_error(cw("train", str(run["cfg"]), "data.format=text", f"data.train={tmp_path / 'a'}",
+                          f"train.out_dir={tmp_path / 'r2'}"), "a.src has 3 lines", "a.tgt has 2", "3 != 2")
+
+
+def test_help_and_version():
+    assert cw("--version").stdout.decode().startswith("crossway ")
+    assert cw("--help").returncode == 0
+    assert REPO.joinpath("configs").is_dir()
