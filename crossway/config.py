@@ -31,6 +31,7 @@ class DataConfig:
     tgt_ext: str = "tgt"
     src_tokenizer: str = "char"  # char | word
     tgt_tokenizer: str = "word"
+    src_lowercase: bool = False  # lower-case the source before tokenizing (training and decoding alike)
     max_src_len: int = 64  # longer training examples are skipped and counted
     max_tgt_len: int = 64
     min_freq: int = 1  # rarer training tokens become <unk>

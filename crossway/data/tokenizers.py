@@ -70,9 +70,10 @@ class CharTokenizer:
     """One token per Unicode character. `detokenize` joins with no separator."""
 
     kind: str = "char"
+    lowercase: bool = False
 
     def tokenize(self, text: str) -> list[str]:
-        return list(text)
+        return list(text.lower() if self.lowercase else text)
 
     def detokenize(self, tokens: list[str]) -> str:
         return "".join(tokens)
@@ -83,9 +84,10 @@ class WordTokenizer:
     """Whitespace-separated tokens (words, or phonemes in G2P). `detokenize` joins with one space."""
 
     kind: str = "word"
+    lowercase: bool = False
 
     def tokenize(self, text: str) -> list[str]:
-        return text.split()
+        return (text.lower() if self.lowercase else text).split()
 
     def detokenize(self, tokens: list[str]) -> str:
         return " ".join(tokens)
@@ -94,10 +96,10 @@ class WordTokenizer:
 TOKENIZERS = {"char": CharTokenizer, "word": WordTokenizer}
 
 
-def make_tokenizer(kind: str) -> CharTokenizer | WordTokenizer:
+def make_tokenizer(kind: str, lowercase: bool = False) -> CharTokenizer | WordTokenizer:
     if kind not in TOKENIZERS:
         raise ConfigError(f"unknown tokenizer {kind!r}; valid: {', '.join(TOKENIZERS)}")
-    return TOKENIZERS[kind]()
+    return TOKENIZERS[kind](lowercase=lowercase)
 
 
 @dataclass
@@ -114,8 +116,8 @@ class TextCodec:
         return self.tokenizer.detokenize(self.vocab.decode(ids))
 
     def to_dict(self) -> dict:
-        return {"tokenizer": self.tokenizer.kind, **self.vocab.to_dict()}
+        return {"tokenizer": self.tokenizer.kind, "lowercase": self.tokenizer.lowercase, **self.vocab.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> TextCodec:
-        return cls(make_tokenizer(d["tokenizer"]), Vocab.from_dict(d))
+        return cls(make_tokenizer(d["tokenizer"], d.get("lowercase", False)), Vocab.from_dict(d))

@@ -71,7 +71,7 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
     read = lambda path: read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)  # noqa: E731
     train_pairs, valid_pairs = read(d.train), read(d.valid)
     if codecs is None:
-        s_tok, t_tok = make_tokenizer(d.src_tokenizer), make_tokenizer(d.tgt_tokenizer)
+        s_tok, t_tok = make_tokenizer(d.src_tokenizer, d.src_lowercase), make_tokenizer(d.tgt_tokenizer)
         codecs = (TextCodec(s_tok, Vocab.build((s_tok.tokenize(p.src) for p in train_pairs), d.min_freq)),
                   TextCodec(t_tok, Vocab.build((t_tok.tokenize(p.tgt) for p in train_pairs), d.min_freq)))
     src, tgt = codecs

@@ -39,3 +39,9 @@ def test_codec_round_trip_through_json():
 def test_unknown_tokenizer_lists_valid_ones():
     with pytest.raises(ConfigError, match="char, word"):
         make_tokenizer("bpe")
+
+
+def test_lowercase_option_survives_json():
+    codec = TextCodec(make_tokenizer("char", lowercase=True), Vocab(list("ab")))
+    restored = TextCodec.from_dict(codec.to_dict())
+    assert restored.encode("AB") == restored.encode("ab") == [4, 5]
