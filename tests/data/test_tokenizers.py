@@ -1,7 +1,15 @@
 import pytest
 
 from crossway.data.tokenizers import (
-    BOS_ID, EOS_ID, PAD_ID, UNK_ID, CharTokenizer, TextCodec, Vocab, WordTokenizer, make_tokenizer,
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    CharTokenizer,
+    TextCodec,
+    Vocab,
+    WordTokenizer,
+    make_tokenizer,
 )
 from crossway.errors import ConfigError
 
