@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from crossway.data.batching import pad, token_budget_batches
 from crossway.data.text import Example
 from crossway.data.tokenizers import PAD_ID, UNK_ID, TextCodec
-from crossway.decoding import DecodeConfig, greedy_search
+from crossway.decoding import DecodeConfig, Hypothesis, decode
 from crossway.errors import DataError
 
 
@@ -22,6 +22,7 @@ class Translation:
     score: float  # sum of log-probabilities
     finished: bool  # False when the length limit stopped decoding before eos
     attention: Tensor | None = None  # (T, ..., S) when DecodeConfig.return_attention
+    alternatives: list[Translation] = field(default_factory=list)  # the rest of the n-best list (beam)
 
 
 @dataclass
@@ -59,12 +60,18 @@ def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str]
                                                                         default=1)), shuffle=False):
         rows = [todo[b] for b in batch]
         src_t = pad([ids[r] for r in rows]).to(device)
-        for r, hyp in zip(rows, greedy_search(model, src_t, src_t != PAD_ID, cfg), strict=True):
-            toks = tgt.vocab.decode(hyp.tokens)
-            stats.unfinished += not hyp.finished
-            out[r] = Translation(tgt.tokenizer.detokenize(toks), toks, src.vocab.decode(ids[r]), hyp.score,
-                                 hyp.finished, hyp.attention)
+        for r, nbest in zip(rows, decode(model, src_t, src_t != PAD_ID, cfg), strict=True):
+            src_tokens = src.vocab.decode(ids[r])
+            best, *rest = [_translation(h, src_tokens, tgt) for h in nbest]
+            best.alternatives = rest
+            stats.unfinished += not best.finished
+            out[r] = best
     return out  # type: ignore[return-value]
+
+
+def _translation(hyp: Hypothesis, src_tokens: list[str], tgt: TextCodec) -> Translation:
+    toks = tgt.vocab.decode(hyp.tokens)
+    return Translation(tgt.tokenizer.detokenize(toks), toks, src_tokens, hyp.score, hyp.finished, hyp.attention)
 
 
 def set_threads(threads: int) -> None:

@@ -1,5 +1,32 @@
-"""Search over the `encode` / `decode_step` protocol. Nothing here knows which architecture it drives."""
+"""Search over the `encode` / `decode_step` protocol: greedy, sampling and beam search, with logit
+processors. Nothing here knows which architecture it drives."""
 
-from crossway.decoding.greedy import DecodeConfig, Hypothesis, greedy_search
+from __future__ import annotations
 
-__all__ = ["DecodeConfig", "Hypothesis", "greedy_search"]
+from torch import Tensor
+
+from crossway.decoding.beam import beam_search
+from crossway.decoding.common import (
+    DecodeConfig,
+    Hypothesis,
+    Processor,
+    default_processors,
+    length_penalty,
+    no_repeat_ngram,
+)
+from crossway.decoding.greedy import filter_top_k_top_p, greedy_search
+from crossway.models.interface import Seq2Seq
+
+
+def decode(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig,
+           processors: list[Processor] | None = None) -> list[list[Hypothesis]]:
+    """The n-best hypotheses of each sentence (one for greedy and sampling) with cfg's strategy.
+    `processors` default to those the config asks for (no-repeat n-gram); pass a list to add your own."""
+    procs = default_processors(cfg) if processors is None else processors
+    if cfg.strategy == "beam":
+        return beam_search(model, src, src_mask, cfg, procs)
+    return [[h] for h in greedy_search(model, src, src_mask, cfg, procs)]
+
+
+__all__ = ["DecodeConfig", "Hypothesis", "Processor", "beam_search", "decode", "default_processors",
+           "filter_top_k_top_p", "greedy_search", "length_penalty", "no_repeat_ngram"]

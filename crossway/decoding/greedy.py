@@ -1,64 +1,71 @@
-"""Batched greedy decoding through `decode_step`.
+"""Greedy and sampling search: one token per sentence per step through `decode_step`.
 
-B batch (shrinks as sentences finish), S source length, V target vocabulary.
+B rows still being decoded (shrinks as sentences finish), S source length, V vocabulary, t steps so far.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from crossway.data.tokenizers import BOS_ID, EOS_ID
+from crossway.decoding.common import DecodeConfig, Hypothesis, Processor, max_lengths, step_log_probs
 from crossway.models.interface import Seq2Seq, select_batch
 
 
-@dataclass(frozen=True, kw_only=True)
-class DecodeConfig:
-    max_len_a: float = 2.0  # a sentence stops after at most a * source_length + b tokens
-    max_len_b: int = 10
-    max_tokens: int = 4000  # token budget of one decoding batch (sources are sorted by length)
-    return_attention: bool = False
+def filter_top_k_top_p(logp: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Keep the k most probable tokens and the smallest set whose probability reaches p; -inf elsewhere."""
+    if top_k > 0:
+        kth = logp.topk(min(top_k, logp.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logp, order = logp.sort(dim=-1, descending=True)
+        cum = sorted_logp.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logp.softmax(-1) >= top_p  # mass before this token already reaches p
+        logp = logp.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logp
 
 
-@dataclass
-class Hypothesis:
-    tokens: list[int]  # without bos; ends before eos
-    score: float  # sum of log-probabilities, eos included when it was produced
-    finished: bool  # False when the length limit stopped it before eos
-    attention: Tensor | None = None  # (T, ...) one row per produced token (eos included), when asked
+def choose_tokens(logp: Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> Tensor:
+    """(B, V) log-probs -> (B,) next tokens: argmax, or a sample from the tempered, filtered distribution."""
+    if cfg.strategy != "sample":
+        return logp.argmax(-1)
+    probs = filter_top_k_top_p(logp / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 @torch.inference_mode()
-def greedy_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig) -> list[Hypothesis]:
-    """Argmax decoding of a padded batch: src (B, S), src_mask (B, S) -> one hypothesis per row.
-
-    Finished rows are removed from the batch (memory and state are narrowed with `select_batch`), so later
-    steps cost only what is still being decoded, and no row ever depends on another.
-    """
-    B = src.size(0)
+def greedy_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig,
+                  processors: list[Processor] = ()) -> list[Hypothesis]:
+    """Argmax (or sampled, with strategy="sample") decoding of a padded batch: src (B, S) -> one hypothesis
+    per row. Finished rows leave the batch (memory and state narrowed with `select_batch`), so later steps
+    cost only what is still being decoded and no row depends on another."""
+    B, device = src.size(0), src.device
     memory = model.encode(src, src_mask)
-    limits = (src_mask.sum(1).float() * cfg.max_len_a).long() + cfg.max_len_b  # (B,)
+    limits = max_lengths(src_mask, cfg)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.strategy == "sample" else None
     active = torch.arange(B)
-    prev = torch.full((B,), BOS_ID, dtype=torch.long, device=src.device)
+    tokens = torch.empty(B, 0, dtype=torch.long, device=device)  # (B, t) output so far, for processors
+    prev = torch.full((B,), BOS_ID, dtype=torch.long, device=device)
     state = None
     steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []  # (rows, tokens, logprobs, attention)
     for t in range(int(limits.max())):
         logits, state = model.decode_step(prev, memory, state)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        tok = logp.argmax(-1)  # (B,)
+        logp = step_log_probs(logits, tokens, cfg, list(processors))
+        tok = choose_tokens(logp, cfg, generator)  # (B,)
         attn = state.get("attn") if cfg.return_attention else None
         steps.append((active, tok.cpu(), logp.gather(1, tok.unsqueeze(1)).squeeze(1).cpu(),
                       None if attn is None else attn.float().cpu()))
         done = (tok == EOS_ID).cpu() | (t + 1 >= limits[active])
         if bool(done.all()):
             break
+        tokens = torch.cat([tokens, tok.unsqueeze(1)], 1)
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
             active = active[keep]
-            keep = keep.to(src.device)
-            memory, state, tok = select_batch(memory, keep), select_batch(state, keep), tok[keep]
+            keep = keep.to(device)
+            memory, state = select_batch(memory, keep), select_batch(state, keep)
+            tok, tokens = tok[keep], tokens[keep]
         prev = tok
     return _collect(B, steps)
 

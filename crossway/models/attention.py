@@ -1,10 +1,13 @@
-"""Attention for RNN decoders: additive (Bahdanau et al. 2015) and multiplicative (Luong et al. 2015).
+"""Attention: additive (Bahdanau et al. 2015) and multiplicative (Luong et al. 2015) for RNN decoders, and
+multi-head scaled dot-product attention (Vaswani et al. 2017) for the Transformer.
 
 B batch, S source length, Q query size (decoder state), K key size (encoder output), A attention size.
 Keys are projected once per source (`project_keys`, kept in the model's memory) and reused at every step.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -61,3 +64,50 @@ class LuongAttention(nn.Module):
     def forward(self, query: Tensor, proj_keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         weights = masked_softmax(dot_scores(query, proj_keys), mask)  # (B, S)
         return attend(weights, values), weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over H heads (Vaswani et al. 2017), self or cross.
+
+    B batch, T query length, S key length, D model size, H heads, Dh = D / H.
+    Keys and values are projected by `project_kv` so a caller can compute them once (cross-attention) or
+    grow them one position at a time (the self-attention cache). Without weights requested, PyTorch's fused
+    scaled_dot_product_attention runs; with them, the same product is computed explicitly.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float, bias: bool = True):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"model size {d_model} is not divisible by {heads} heads")
+        self.heads, self.dh, self.dropout = heads, d_model // heads, dropout
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def _split(self, x: Tensor) -> Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.heads, self.dh).transpose(1, 2)  # (B, H, L, Dh)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, S, D) -> keys, values (B, H, S, Dh)."""
+        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, D) queries; k, v (B, H, S, Dh); mask broadcastable to (B, H, T, S), True = attend.
+
+        -> output (B, T, D) and, when asked, weights (B, H, T, S)."""
+        q = self._split(self.q_proj(x))  # (B, H, T, Dh)
+        p = self.dropout if self.training else 0.0
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.dh)  # (B, H, T, S)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)
+            out = torch.nn.functional.dropout(weights, p, self.training) @ v  # (B, H, T, Dh)
+        else:
+            weights = None
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        B, _, T, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1)), weights

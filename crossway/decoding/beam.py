@@ -1,0 +1,118 @@
+"""Batched beam search over `decode_step`, with the GNMT length penalty, n-best output and early stopping.
+
+Ba sentences still searching, K beam size, rows = Ba * K (sentence-major: row i*K + k), V vocabulary,
+t steps so far. Memory is repeated K times per sentence once; state, tokens and scores are reordered every
+step with `select_batch`, and sentences that are done leave the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from crossway.data.tokenizers import BOS_ID, EOS_ID
+from crossway.decoding.common import DecodeConfig, Hypothesis, Processor, length_penalty, max_lengths, step_log_probs
+from crossway.models.interface import Seq2Seq, select_batch
+
+NEG_INF = float("-inf")
+
+
+@torch.inference_mode()
+def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig,
+                processors: list[Processor] = ()) -> list[list[Hypothesis]]:
+    """src (B, S) -> for each sentence its n-best hypotheses, best first by length-penalised score."""
+    B, K, device = src.size(0), cfg.beam_size, src.device
+    memory = select_batch(model.encode(src, src_mask), torch.arange(B, device=device).repeat_interleave(K))
+    limits = max_lengths(src_mask, cfg)  # (B,)
+    sent = torch.arange(B)  # original index of each active sentence
+    scores = torch.full((B, K), NEG_INF, device=device)
+    scores[:, 0] = 0.0  # one live beam per sentence at the start
+    tokens = torch.empty(B * K, 0, dtype=torch.long, device=device)  # (rows, t)
+    history: Tensor | None = None  # (rows, t, ...) attention rows, when asked
+    prev = torch.full((B * K,), BOS_ID, dtype=torch.long, device=device)
+    state = None
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    for t in range(int(limits.max())):
+        logits, state = model.decode_step(prev, memory, state)
+        logp = step_log_probs(logits, tokens, cfg, list(processors))  # (rows, V)
+        Ba, V = scores.size(0), logp.size(-1)
+        top_scores, top_idx = (scores.view(-1, 1) + logp).view(Ba, K * V).topk(2 * K, dim=1)  # (Ba, 2K)
+        beam, tok = top_idx // V, top_idx % V
+        step_attn = state.get("attn").float() if cfg.return_attention and "attn" in state else None
+        # eos among the K best candidates finishes a hypothesis (at most K of the 2K can be eos: one per beam)
+        is_eos = tok == EOS_ID
+        fin = is_eos & (torch.arange(2 * K, device=device) < K) & top_scores.isfinite()
+        for i, j in fin.nonzero().tolist():
+            row = i * K + int(beam[i, j])
+            attn = _attention(history, step_attn, row)
+            score = float(top_scores[i, j])
+            finished[int(sent[i])].append(Hypothesis(tokens[row].tolist(), score, True, attn,
+                                                     score / length_penalty(t + 1, cfg.length_penalty)))
+        # the K best candidates that are not eos continue
+        scores, order = top_scores.masked_fill(is_eos, NEG_INF).topk(K, dim=1)  # (Ba, K)
+        rows = (torch.arange(Ba, device=device).unsqueeze(1) * K + beam.gather(1, order)).view(-1)
+        next_tok = tok.gather(1, order).view(-1)
+        tokens = torch.cat([tokens[rows], next_tok.unsqueeze(1)], 1)
+        state = select_batch(state, rows)
+        if step_attn is not None:
+            history = torch.cat([history[rows], step_attn[rows].unsqueeze(1)], 1) if history is not None \
+                else step_attn[rows].unsqueeze(1)
+        done = _done(scores, finished, sent, limits, t, cfg)
+        for i in done.nonzero().squeeze(1).tolist():
+            if t + 1 >= limits[sent[i]] and len(finished[int(sent[i])]) < cfg.n_best:
+                _add_unfinished(finished[int(sent[i])], scores[i], tokens, history, i, K, t, cfg)
+        if bool(done.all()):
+            break
+        prev = next_tok
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            keep_rows = (keep.to(device).unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
+            sent, scores = sent[keep], scores[keep.to(device)]
+            memory, state = select_batch(memory, keep_rows), select_batch(state, keep_rows)
+            tokens, prev = tokens[keep_rows], prev[keep_rows]
+            history = history[keep_rows] if history is not None else None
+    return [_rank(f, cfg.n_best) for f in finished]
+
+
+def _attention(history: Tensor | None, step: Tensor | None, row: int) -> Tensor | None:
+    if step is None:
+        return None
+    return step[row].unsqueeze(0) if history is None else torch.cat([history[row], step[row].unsqueeze(0)])
+
+
+def _done(scores: Tensor, finished: list[list[Hypothesis]], sent: Tensor, limits: Tensor, t: int,
+          cfg: DecodeConfig) -> Tensor:
+    """(Ba,) bool: a sentence is done at its length limit, or once it has K finished hypotheses and
+    (early stopping, or) no live beam can still beat the worst of its K best finished ones."""
+    done = (t + 1 >= limits[sent]).clone()
+    for i, s in enumerate(sent.tolist()):
+        fin = finished[s]
+        if done[i] or len(fin) < cfg.beam_size:
+            continue
+        if cfg.early_stopping:
+            done[i] = True
+            continue
+        best_live = float(scores[i, 0])
+        # a negative score divided by the largest penalty it could still get is its best possible value
+        lp = length_penalty(int(limits[s]) if cfg.length_penalty > 0 else t + 1, cfg.length_penalty)
+        worst_kept = sorted(h.normalized for h in fin)[-cfg.beam_size]
+        done[i] = best_live / lp <= worst_kept
+    return done.to(scores.device)
+
+
+def _add_unfinished(fin: list[Hypothesis], scores: Tensor, tokens: Tensor, history: Tensor | None, i: int,
+                    K: int, t: int, cfg: DecodeConfig) -> None:
+    """At the length limit, live beams fill the n-best list when too few hypotheses reached eos."""
+    for k in range(K):
+        score = float(scores[k])
+        if score == NEG_INF:
+            continue
+        row = i * K + k
+        attn = history[row] if history is not None else None
+        fin.append(Hypothesis(tokens[row].tolist(), score, False, attn,
+                              score / length_penalty(t + 1, cfg.length_penalty)))
+
+
+def _rank(hyps: list[Hypothesis], n: int) -> list[Hypothesis]:
+    """Finished hypotheses first, each group best first by normalized score."""
+    return sorted(hyps, key=lambda h: (not h.finished, -h.normalized))[:n]

@@ -1,0 +1,99 @@
+"""What every search shares: the decoding options, the hypothesis record, length limits, and the per-step
+log-probabilities after logit processors.
+
+B rows being decoded (sentences, or sentences x beams), V target vocabulary, t tokens produced so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from crossway.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+
+# A logit processor maps (log-probs (B, V), tokens so far (B, t)) to new log-probs (B, V).
+Processor = Callable[[Tensor, Tensor], Tensor]
+STRATEGIES = ("greedy", "beam", "sample")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+    strategy: str = "greedy"  # greedy | beam | sample
+    max_len_a: float = 2.0  # a sentence stops after at most a * source_length + b tokens
+    max_len_b: int = 10
+    min_len: int = 0  # eos is forbidden before this many tokens
+    beam_size: int = 5
+    length_penalty: float = 1.0  # GNMT alpha: score / ((5 + length) / 6) ** alpha; 0 = raw log-probability
+    n_best: int = 1  # hypotheses returned per input (beam)
+    early_stopping: bool = True  # beam: a sentence ends once it has beam_size finished hypotheses
+    temperature: float = 1.0  # sample
+    top_k: int = 0  # sample: keep the k most probable tokens; 0 = all
+    top_p: float = 1.0  # sample: keep the smallest set with probability >= p (nucleus); 1 = all
+    seed: int = 0  # sample: random seed (sampling is reproducible)
+    no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size; 0 = off
+    max_tokens: int = 4000  # token budget of one decoding batch (sources are sorted by length)
+    return_attention: bool = False
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"decode.strategy must be one of {list(STRATEGIES)}, not {self.strategy!r}")
+        if self.beam_size < 1 or self.n_best < 1 or self.n_best > max(1, self.beam_size):
+            raise ValueError(f"need 1 <= decode.n_best <= decode.beam_size (got {self.n_best}, {self.beam_size})")
+        if not 0 < self.top_p <= 1 or self.temperature <= 0:
+            raise ValueError("decode.top_p must be in (0, 1] and decode.temperature > 0")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without bos; ends before eos
+    score: float  # sum of log-probabilities, eos included when it was produced
+    finished: bool  # False when the length limit stopped it before eos
+    attention: Tensor | None = None  # (T, ...) one row per produced token (eos included), when asked
+    normalized: float | None = None  # beam: the length-penalised score it was ranked by
+
+
+def max_lengths(src_mask: Tensor, cfg: DecodeConfig) -> Tensor:
+    """(B,) the most tokens each sentence may produce, eos included."""
+    return (src_mask.sum(1).float().cpu() * cfg.max_len_a).long() + cfg.max_len_b
+
+
+def length_penalty(length: int | Tensor, alpha: float):
+    """GNMT (Wu et al. 2016): ((5 + |Y|) / 6) ** alpha, |Y| counting eos."""
+    return ((5 + length) / 6) ** alpha
+
+
+def no_repeat_ngram(n: int) -> Processor:
+    """Forbid any token that would complete an n-gram already present in the row's output."""
+
+    def process(logp: Tensor, tokens: Tensor) -> Tensor:
+        t = tokens.size(1)
+        if t < n - 1 or n < 1:
+            return logp
+        rows = tokens.tolist()
+        for r, seq in enumerate(rows):
+            prefix = tuple(seq[t - n + 1:]) if n > 1 else ()
+            banned = [seq[i + n - 1] for i in range(t - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
+            if banned:
+                logp[r, banned] = float("-inf")
+        return logp
+
+    return process
+
+
+def default_processors(cfg: DecodeConfig) -> list[Processor]:
+    return [no_repeat_ngram(cfg.no_repeat_ngram)] if cfg.no_repeat_ngram > 0 else []
+
+
+def step_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors: list[Processor]) -> Tensor:
+    """Log-probabilities of the next token: pad and bos never, eos not before min_len, then the processors."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+    logp[:, PAD_ID] = float("-inf")
+    logp[:, BOS_ID] = float("-inf")
+    if tokens.size(1) < cfg.min_len:
+        logp[:, EOS_ID] = float("-inf")
+    for process in processors:
+        logp = process(logp, tokens)
+    return logp

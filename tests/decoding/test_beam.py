@@ -1,0 +1,113 @@
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+from crossway.data.batching import pad
+from crossway.data.tokenizers import BOS_ID, EOS_ID
+from crossway.decoding import DecodeConfig, beam_search, decode, greedy_search, length_penalty, no_repeat_ngram
+from crossway.models import RNNConfig, TransformerConfig, build_rnn, build_transformer
+from tests.decoding.scripted import ScriptedModel
+
+
+def models():
+    torch.manual_seed(0)
+    yield build_rnn(RNNConfig(attention="bahdanau", emb_dim=16, hidden=16, dropout=0.0), 20, 10).eval()
+    torch.manual_seed(0)
+    yield build_transformer(TransformerConfig(d_model=16, heads=2, ff_dim=32, enc_layers=1, dec_layers=2,
+                                              dropout=0.0), 20, 10).eval()
+
+
+def sentences(n=20):
+    rng = random.Random(0)
+    return [[rng.randint(4, 19) for _ in range(rng.randint(1, 9))] for _ in range(n)]
+
+
+def test_beam_size_one_equals_greedy():
+    for model in models():
+        src = pad(sentences())
+        greedy = greedy_search(model, src, src != 0, DecodeConfig(max_len_b=8))
+        beam = beam_search(model, src, src != 0, DecodeConfig(strategy="beam", beam_size=1, max_len_b=8,
+                                                               length_penalty=0.0))
+        for g, (b,) in zip(greedy, beam, strict=True):
+            assert g.tokens == b.tokens and g.finished == b.finished
+            assert g.score == pytest.approx(b.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_padding_invariance(strategy):
+    cfg = DecodeConfig(strategy=strategy, beam_size=4, max_len_b=8)
+    for model in models():
+        sents = sentences()
+        src = pad(sents)
+        batched = decode(model, src, src != 0, cfg)
+        for s, hyps in zip(sents, batched, strict=True):
+            alone = decode(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.bool), cfg)[0]
+            assert [h.tokens for h in alone] == [h.tokens for h in hyps]
+
+
+def exhaustive_best(model, src, max_len):
+    """Score every output of up to max_len - 1 tokens (then eos) with teacher forcing; return the best."""
+    best = (-math.inf, None)
+    mask = torch.ones_like(src, dtype=torch.bool)
+    with torch.no_grad():
+        for n in range(max_len):
+            for seq in itertools.product([3, 4, 5], repeat=n):
+                tgt = torch.tensor([[BOS_ID, *seq]])
+                logp = torch.log_softmax(model(src, mask, tgt), -1)[0]
+                score = sum(float(logp[i, tok]) for i, tok in enumerate([*seq, EOS_ID]))
+                best = max(best, (score, list(seq)), key=lambda x: x[0])
+    return best
+
+
+def test_large_beam_finds_the_exhaustive_best():
+    """Vocabulary of 6 (3 producible tokens + eos), at most 4 steps: a beam of 128 keeps every candidate."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build_transformer(TransformerConfig(d_model=16, heads=2, ff_dim=32, enc_layers=1, dec_layers=1,
+                                                    dropout=0.0), 8, 6).eval()
+        src = torch.tensor([[4, 5, 6]])
+        score, tokens = exhaustive_best(model, src, 4)
+        cfg = DecodeConfig(strategy="beam", beam_size=128, n_best=1, max_len_a=0.0, max_len_b=4,
+                           length_penalty=0.0, early_stopping=False)
+        (hyp,) = beam_search(model, src, torch.ones_like(src, dtype=torch.bool), cfg)[0]
+        assert hyp.finished and hyp.tokens == tokens
+        assert hyp.score == pytest.approx(score, abs=1e-4)
+
+
+def test_length_penalty_changes_the_ranking_as_the_formula_says():
+    """A: [4] + eos with log-prob -1.0 (length 2); B: [5]*5 + eos with log-prob -1.5 (length 6)."""
+    table = {(): {4: math.exp(-1.0), 5: math.exp(-1.5), EOS_ID: 1 - math.exp(-1.0) - math.exp(-1.5)},
+             (4,): {EOS_ID: 1.0}, **{(5,) * n: {5: 1.0} for n in range(1, 5)}, (5,) * 5: {EOS_ID: 1.0}}
+    model, src = ScriptedModel(table), torch.tensor([[4]])
+    mask = torch.ones_like(src, dtype=torch.bool)
+    base = dict(strategy="beam", beam_size=2, n_best=2, min_len=1, max_len_b=10, early_stopping=False)
+    raw = beam_search(model, src, mask, DecodeConfig(**base, length_penalty=0.0))[0]
+    assert [h.tokens for h in raw] == [[4], [5] * 5]
+    gnmt = beam_search(model, src, mask, DecodeConfig(**base, length_penalty=1.0))[0]
+    assert [h.tokens for h in gnmt] == [[5] * 5, [4]]
+    assert gnmt[0].normalized == pytest.approx(-1.5 / (11 / 6)) and gnmt[1].normalized == pytest.approx(-1.0 / (7 / 6))
+    assert length_penalty(6, 1.0) == pytest.approx(11 / 6)
+
+
+def test_min_len_and_no_repeat_ngram():
+    table = {(): {EOS_ID: 0.6, 4: 0.4}, (4,): {4: 0.7, 5: 0.3}, (4, 4): {4: 0.9, EOS_ID: 0.1},
+             (4, 5): {EOS_ID: 1.0}, (4, 4, 4): {EOS_ID: 1.0}}
+    model, src = ScriptedModel(table), torch.tensor([[4]])
+    mask = torch.ones_like(src, dtype=torch.bool)
+    assert greedy_search(model, src, mask, DecodeConfig())[0].tokens == []
+    assert greedy_search(model, src, mask, DecodeConfig(min_len=1))[0].tokens == [4, 4, 4]
+    blocked = greedy_search(model, src, mask, DecodeConfig(min_len=1), [no_repeat_ngram(1)])[0]
+    assert blocked.tokens == [4, 5]
+
+
+def test_n_best_is_sorted_and_distinct():
+    model = next(models())
+    src = pad(sentences(5))
+    for hyps in decode(model, src, src != 0, DecodeConfig(strategy="beam", beam_size=5, n_best=5, max_len_b=6)):
+        assert len(hyps) == 5
+        assert len({tuple(h.tokens) for h in hyps}) == 5
+        norm = [h.normalized for h in hyps if h.finished]
+        assert norm == sorted(norm, reverse=True)

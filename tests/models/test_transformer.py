@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from crossway.models import Seq2Seq, TransformerConfig, build_transformer, select_batch
+
+OPTIONS = [{}, {"norm": "post"}, {"positions": "learned"}, {"activation": "gelu", "tie_embeddings": False}]
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(**{"d_model": 16, "heads": 2, "ff_dim": 32, "enc_layers": 2, "dec_layers": 2,
+                               "dropout": 0.0, **kw})
+    return build_transformer(cfg, src_vocab=15, tgt_vocab=13).eval()
+
+
+def batch():
+    src = torch.tensor([[5, 6, 7, 8, 9], [4, 5, 6, 0, 0], [7, 0, 0, 0, 0]])
+    tgt_in = torch.tensor([[1, 4, 5, 6, 7], [1, 7, 8, 9, 0], [1, 9, 0, 0, 0]])
+    return src, src != 0, tgt_in
+
+
+@pytest.mark.parametrize("kw", OPTIONS)
+def test_cached_steps_equal_full_recompute(kw):
+    """Incremental decoding with the key/value cache gives the logits of the full teacher-forced pass."""
+    model = make(**kw)
+    assert isinstance(model, Seq2Seq)
+    src, mask, tgt_in = batch()
+    full = model(src, mask, tgt_in)
+    memory, state, steps = model.encode(src, mask), None, []
+    for t in range(tgt_in.size(1)):
+        logits, state = model.decode_step(tgt_in[:, t], memory, state)
+        steps.append(logits)
+        assert state["k0"].shape == (3, 2, t + 1, 8)  # (B, H, t, Dh): grows by one position per step
+        assert state["attn"].shape == (3, 2, 2, 5)  # (B, layers, heads, S)
+        assert torch.all(state["attn"][2, :, :, 1:] == 0)  # padding gets no cross-attention
+    assert (torch.stack(steps, 1) - full).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kw", OPTIONS[:2])
+def test_causal_mask_leaks_nothing(kw):
+    model = make(**kw)
+    src, mask, tgt_in = batch()
+    base = model(src, mask, tgt_in)
+    for j in range(1, 5):
+        changed = tgt_in.clone()
+        changed[:, j] = 11
+        out = model(src, mask, changed)
+        assert torch.equal(out[:, :j], base[:, :j]), f"changing position {j} changed earlier logits"
+        assert not torch.equal(out[0, j:], base[0, j:])
+
+
+@pytest.mark.parametrize("kw", OPTIONS[:3])
+def test_padding_invariance(kw):
+    model = make(**kw)
+    src, mask, tgt_in = batch()
+    full = model(src, mask, tgt_in)
+    for i, (n, m) in enumerate([(5, 5), (3, 4), (1, 2)]):
+        alone = model(src[i:i + 1, :n], mask[i:i + 1, :n], tgt_in[i:i + 1, :m])
+        assert (alone - full[i:i + 1, :m]).abs().max() <= 1e-5
+
+
+def test_cache_reorders_and_shrinks():
+    model = make()
+    src, mask, tgt_in = batch()
+    memory = model.encode(src, mask)
+    _, state = model.decode_step(tgt_in[:, 0], memory, None)
+    _, state = model.decode_step(tgt_in[:, 1], memory, state)
+    idx = torch.tensor([2, 0])
+    logits, _ = model.decode_step(tgt_in[idx, 2], select_batch(memory, idx), select_batch(state, idx))
+    ref, _ = model.decode_step(tgt_in[:, 2], memory, state)
+    assert (logits - ref[idx]).abs().max() <= 1e-6
+
+
+def test_embedding_tying_and_sharing():
+    model = make()
+    assert model.generator.weight is model.tgt_embed.weight
+    torch.manual_seed(0)
+    shared = build_transformer(TransformerConfig(d_model=16, heads=2, ff_dim=32, share_embeddings=True), 13, 13)
+    assert shared.src_embed.weight is shared.tgt_embed.weight is shared.generator.weight
+    with pytest.raises(ValueError, match="one vocabulary"):
+        build_transformer(TransformerConfig(d_model=16, heads=2, share_embeddings=True), 15, 13)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerConfig(d_model=10, heads=4)
+    with pytest.raises(ValueError, match="norm"):
+        TransformerConfig(norm="sandwich")
