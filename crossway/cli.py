@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     except cw.CrosswayError as e:
         print(f"crossway: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output path that cannot be written, a full disk
+        print(f"crossway: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("crossway: interrupted", file=sys.stderr)
         return 130
@@ -92,7 +95,7 @@ def _translate(args) -> None:
     lines = cw.read_lines(args.input) if args.input else cw.decode_lines(sys.stdin.buffer.read(), "<stdin>")
     stats = cw.TranslateStats()
     outs = cw.translate(loaded.model, loaded.src, loaded.tgt, lines, _decode_cfg(args, loaded),
-                        args.max_src_len or loaded.config.data.max_src_len, stats)
+                        args.max_src_len or loaded.config.data.max_src_len, stats, args.input or "<stdin>")
     text = "".join(o.text + "\n" for o in outs)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

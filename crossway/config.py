@@ -39,6 +39,7 @@ class DataConfig:
     def __post_init__(self):
         if self.format not in ("tsv", "text"):
             raise ConfigError(f"data.format must be 'tsv' or 'text', not {self.format!r}")
+        _positive(self, "data", "max_src_len", "max_tgt_len", "min_freq")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +67,10 @@ class TrainConfig:
             raise ConfigError(f"train.schedule must be rsqrt, cosine or constant, not {self.schedule!r}")
         if self.metric not in ("wer", "per", "cer", "exact_match", "loss"):
             raise ConfigError(f"train.metric must be wer, per, cer, exact_match or loss, not {self.metric!r}")
+        _positive(self, "train", "max_tokens", "max_epochs", "patience", "log_every")
+        _in_range(self, "train", label_smoothing=(0.0, 1.0))
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,8 +85,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunConfig:
-        raw = dict(raw or {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a configuration is a mapping of sections (data, model, train, decode), not {raw!r}")
+        raw = dict(raw)
         _reject_unknown(raw, ["data", "model", "train", "decode"], "")
+        if raw.get("model") is not None and not isinstance(raw["model"], dict):
+            raise ConfigError(f"config section 'model' must be a mapping of keys to values, not {raw['model']!r}")
         model_raw = dict(raw.get("model") or {})
         arch = model_raw.get("arch", "rnn")
         if arch not in MODELS:
@@ -111,6 +120,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
+    for k, v in raw.items():
+        if not isinstance(v, dict):
+            raise ConfigError(f"config section {k!r} must be a mapping of keys to values, not {v!r}")
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.split(".")
@@ -124,6 +136,19 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def _positive(obj, section: str, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) < 1:
+            raise ConfigError(f"{section}.{n} must be >= 1, got {getattr(obj, n)}")
+
+
+def _in_range(obj, section: str, **ranges: tuple[float, float]) -> None:
+    """Each named value must lie in [low, high)."""
+    for n, (low, high) in ranges.items():
+        if not low <= getattr(obj, n) < high:
+            raise ConfigError(f"{section}.{n} must be in [{low}, {high}), got {getattr(obj, n)}")
+
+
 def _reject_unknown(raw: dict, valid: list[str], prefix: str) -> None:
     unknown = sorted(set(raw) - set(valid))
     if unknown:
@@ -132,6 +157,8 @@ def _reject_unknown(raw: dict, valid: list[str], prefix: str) -> None:
 
 
 def _build(cls, raw: dict | None, section: str):
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping of keys to values, not {raw!r}")
     raw = dict(raw or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     _reject_unknown(raw, list(fields), section + ".")

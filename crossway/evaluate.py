@@ -9,6 +9,7 @@ from torch import nn
 from crossway.data.text import Pair, read_corpus
 from crossway.data.tokenizers import TextCodec
 from crossway.decoding import DecodeConfig
+from crossway.errors import DataError
 from crossway.inference import TranslateStats, translate
 from crossway.metrics import error_rates
 from crossway.training.checkpoint import LoadedModel
@@ -45,4 +46,6 @@ def evaluate_file(loaded: LoadedModel, path: str, cfg: DecodeConfig | None = Non
     """Score a data file read with the run's own data settings (format and columns)."""
     d = loaded.config.data
     pairs = read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)
+    if not pairs:
+        raise DataError(f"{path}: no examples to evaluate")
     return evaluate_pairs(loaded.model, loaded.src, loaded.tgt, pairs, cfg or loaded.config.decode)

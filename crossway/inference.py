@@ -34,15 +34,16 @@ class TranslateStats:
 
 
 def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str], cfg: DecodeConfig,
-              max_src_len: int | None = None, stats: TranslateStats | None = None) -> list[Translation]:
+              max_src_len: int | None = None, stats: TranslateStats | None = None,
+              name: str = "input") -> list[Translation]:
     """One translation per input text, in input order. An input longer than `max_src_len` tokens is an error
-    naming its (1-based) position; nothing is truncated. Empty inputs give empty outputs."""
+    naming `name` and its (1-based) line; nothing is truncated. Empty inputs give empty outputs."""
     stats = stats if stats is not None else TranslateStats()
     stats.inputs += len(texts)
     ids = [src.encode(t) for t in texts]
     for n, seq in enumerate(ids, start=1):
         if max_src_len is not None and len(seq) > max_src_len:
-            raise DataError(f"input line {n} has {len(seq)} tokens, over the limit of {max_src_len} "
+            raise DataError(f"{name}:{n}: input line {n} has {len(seq)} tokens, over the limit of {max_src_len} "
                             f"(the model's data.max_src_len; raise it with --max-src-len)")
         stats.unknown_tokens += sum(i == UNK_ID for i in seq)
     out: list[Translation | None] = [None] * len(texts)

@@ -48,3 +48,16 @@ def test_bad_values_are_rejected():
 def test_round_trip_through_dict():
     cfg = load_config(REPO / "configs/g2p_rnn.yaml")
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("text,match", [("data: foo\n", "section 'data' must be a mapping"),
+                                        ("train: [1]\n", "section 'train' must be a mapping"),
+                                        ("- 1\n", "mapping of sections"),
+                                        ("train: {log_every: 0}\n", "train.log_every must be >= 1"),
+                                        ("model: {dropout: 1.5}\n", "model.dropout must be in"),
+                                        ("model: {hidden: 0}\n", "model.hidden must be >= 1")])
+def test_wrong_shapes_and_ranges_are_config_errors(tmp_path, text, match):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(f)

@@ -90,7 +90,9 @@ def read_tsv(path: str | Path, src_col: str = "0", tgt_col: str = "1", header: b
     """Pairs from a tab-separated file. Columns are 0-based indices ("0") or header names ("en")."""
     path = Path(path)
     lines = read_lines(path)
-    names = lines[0].split("\t") if header and lines else None
+    if header and not lines:
+        raise DataError(f"{path}: the file is empty, but a header line was expected (data.header)")
+    names = lines[0].split("\t") if header else None
     start = 1 if header else 0
     width = len(names) if names else (len(lines[0].split("\t")) if lines else 0)
     si, ti = _column_index(str(src_col), names, path), _column_index(str(tgt_col), names, path)

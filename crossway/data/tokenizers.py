@@ -42,7 +42,8 @@ class Vocab:
         return len(self.itos)
 
     def encode(self, tokens: list[str]) -> list[int]:
-        return [self.stoi.get(t, UNK_ID) for t in tokens]
+        """Text that spells a special token ("<eos>") is an ordinary unknown token, never the special id."""
+        return [UNK_ID if t in SPECIALS else self.stoi.get(t, UNK_ID) for t in tokens]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Ids to tokens, stopping at eos and skipping pad/bos."""

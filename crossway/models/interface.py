@@ -34,6 +34,16 @@ class Seq2Seq(Protocol):
         ...
 
 
+def check_sizes(section: str, cfg, positive: tuple[str, ...], probabilities: tuple[str, ...]) -> None:
+    """Config validation shared by model configs: sizes >= 1 and dropout-like values in [0, 1)."""
+    for n in positive:
+        if getattr(cfg, n) < 1:
+            raise ValueError(f"{section}.{n} must be >= 1, got {getattr(cfg, n)}")
+    for n in probabilities:
+        if not 0 <= getattr(cfg, n) < 1:
+            raise ValueError(f"{section}.{n} must be in [0, 1), got {getattr(cfg, n)}")
+
+
 def select_batch(tree: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
     """Rows `index` (long, (B',)) of every tensor in a memory or state dict: reorder, repeat or drop."""
     return {k: v.index_select(0, index) for k, v in tree.items()}

@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from crossway.data.tokenizers import PAD_ID
 from crossway.models.attention import AdditiveAttention, LuongAttention
-from crossway.models.interface import Memory, State
+from crossway.models.interface import Memory, State, check_sizes
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 ATTENTIONS = ("none", "bahdanau", "luong_dot", "luong_general")
@@ -39,6 +39,7 @@ class RNNConfig:
             raise ValueError(f"model.cell must be one of {list(CELLS)}, not {self.cell!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"model.attention must be one of {list(ATTENTIONS)}, not {self.attention!r}")
+        check_sizes("model", self, ("emb_dim", "hidden", "layers"), ("dropout",))
 
 
 class RNNEncoder(nn.Module):

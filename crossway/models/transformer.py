@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from crossway.data.tokenizers import PAD_ID
 from crossway.models.attention import MultiHeadAttention
-from crossway.models.interface import Memory, State
+from crossway.models.interface import Memory, State, check_sizes
 from crossway.models.layers import ACTIVATIONS, FeedForward, Positions
 
 
@@ -46,6 +46,8 @@ class TransformerConfig:
             raise ValueError(f"model.positions must be 'sinusoidal' or 'learned', not {self.positions!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model.activation must be one of {list(ACTIVATIONS)}, not {self.activation!r}")
+        check_sizes("model", self, ("d_model", "heads", "ff_dim", "enc_layers", "dec_layers", "max_positions"),
+                    ("dropout", "attn_dropout"))
         if self.d_model % self.heads:
             raise ValueError(f"model.d_model={self.d_model} must be divisible by model.heads={self.heads}")
 

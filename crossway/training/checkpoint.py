@@ -51,7 +51,11 @@ def _fsync_dir(path: Path) -> None:
     for f in path.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    fd = os.open(path, os.O_RDONLY)
+    _fsync_parent(path / "x")
+
+
+def _fsync_parent(path: Path) -> None:
+    fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -78,6 +82,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: RunConfig, src: 
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
     tmp.rename(path)
+    _fsync_parent(path)  # make the renames durable before the old checkpoint goes
     shutil.rmtree(old, ignore_errors=True)
     return path
 
@@ -103,8 +108,10 @@ def load_checkpoint(path: str | Path, which: str = "best") -> LoadedModel:
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     except RuntimeError as e:  # shape mismatch
         raise CheckpointError(f"{ckpt}: weights do not match the config ({str(e).strip()[:500]})") from None
-    except (OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{ckpt}: cannot load checkpoint ({e})") from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001  corrupt JSON, truncated safetensors (SafetensorError), bad config
+        raise CheckpointError(f"{ckpt}: cannot load checkpoint ({type(e).__name__}: {e})") from None
     if missing or unexpected:
         raise CheckpointError(f"{ckpt}: weights do not match the config (missing {missing}, "
                               f"unexpected {unexpected})")
@@ -117,11 +124,11 @@ def load_trainer_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict:
     try:
         meta = json.loads((ckpt / "trainer.json").read_text(encoding="utf-8"))
         tensors = load_file(str(ckpt / "trainer.safetensors"))
-    except OSError as e:
-        raise CheckpointError(f"{ckpt}: no trainer state to resume from ({e.strerror})") from None
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta.pop("optimizer")))
-    torch.set_rng_state(tensors["rng.torch"])
-    random.setstate(_py_rng_from_json(meta.pop("rng_python")))
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta.pop("optimizer")))
+        torch.set_rng_state(tensors["rng.torch"])
+        random.setstate(_py_rng_from_json(meta.pop("rng_python")))
+    except Exception as e:  # noqa: BLE001  missing or corrupt trainer files
+        raise CheckpointError(f"{ckpt}: cannot resume from its trainer state ({type(e).__name__}: {e})") from None
     return meta
 
 

@@ -80,8 +80,11 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
     for report in (train_report, valid_report):
         print(f"data: {report.summary()}", flush=True)
         log("data", path=report.path, kept=report.kept, skipped=dict(report.skipped))
-    if not train:
-        raise CrosswayError(f"{d.train}: no usable training examples")
+    for examples, path in ((train, d.train), (valid, d.valid)):
+        if not examples:
+            raise CrosswayError(f"{path}: no usable examples (see the counts above)")
+    kept_lines = {e.line for e in valid}
+    valid_pairs = [p for p in valid_pairs if p.line in kept_lines]  # WER/PER on the same rows as the loss
     print(f"vocabulary: {len(src.vocab)} source, {len(tgt.vocab)} target tokens", flush=True)
     return RunData(train, valid, valid_pairs, src, tgt)
 
@@ -100,10 +103,7 @@ def validate(model, data: RunData, cfg: RunConfig) -> dict:
     return {"loss": nll / max(1, ntok), **{k: metrics[k] for k in ("wer", "per", "cer", "exact_match")}}
 
 
-def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> TrainState:
-    """Train the model `cfg` describes; checkpoints and logs go to cfg.train.out_dir."""
-    tc = cfg.train
-    out = Path(tc.out_dir)
+def _open_run(out: Path, resume: bool, overwrite: bool) -> None:
     if (out / "last").exists() or (out / "best").exists():
         if overwrite:
             shutil.rmtree(out)
@@ -112,6 +112,35 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
     elif resume:
         raise CrosswayError(f"{out}: nothing to resume (no last/ checkpoint)")
     out.mkdir(parents=True, exist_ok=True)
+
+
+def data_fingerprint(cfg: RunConfig, data: RunData) -> dict:
+    """What fixes the order of batches: resuming with a different one would not continue the same run."""
+    return {"seed": cfg.train.seed, "max_tokens": cfg.train.max_tokens, "train": cfg.data.train,
+            "train_examples": len(data.train)}
+
+
+def _limit(state: TrainState, tc) -> str:
+    """Why training must stop now, or ""."""
+    if tc.max_minutes and state.train_seconds >= tc.max_minutes * 60:
+        return f"time budget of {tc.max_minutes} minutes reached"
+    if tc.max_steps and state.step >= tc.max_steps:
+        return f"max_steps={tc.max_steps} reached"
+    if state.epoch >= tc.max_epochs:
+        return f"max_epochs={tc.max_epochs} reached"
+    if state.bad_validations >= tc.patience:
+        return f"no {tc.metric} improvement in {tc.patience} validations (early stopping)"
+    return ""
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> TrainState:
+    """Train the model `cfg` describes; checkpoints and logs go to cfg.train.out_dir.
+
+    With `resume`, training continues from out_dir/last exactly where it was saved (model, optimizer, RNG,
+    position in the epoch) under this config's limits; the model config and batch order must be unchanged."""
+    tc = cfg.train
+    out = Path(tc.out_dir)
+    _open_run(out, resume, overwrite)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     log = Logger(out / "metrics.jsonl")
     set_threads(tc.threads)
@@ -124,11 +153,21 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
         raise ConfigError(f"{out}: the model config differs from the checkpoint's; resume with the same model")
     model = prev.model if prev else build_model(cfg, len(data.src.vocab), len(data.tgt.vocab))
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
-    state = TrainState(**load_trainer_state(prev.path, optimizer)["state"]) if prev else TrainState()
-    state.stop_reason = ""  # a resumed run continues under the (possibly raised) limits of this config
+    fingerprint = data_fingerprint(cfg, data)
+    state = TrainState()
+    if prev:
+        saved = load_trainer_state(prev.path, optimizer)
+        if saved.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{out}: cannot resume: seed, max_tokens or training data changed "
+                              f"(checkpoint {saved.get('fingerprint')}, now {fingerprint})")
+        state = TrainState(**{**saved["state"], "stop_reason": ""})
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {cfg.model.arch} {n_params:,} parameters; run directory {out}", flush=True)
     log("start", params=n_params, resumed_at_step=state.step if prev else None)
+    state.stop_reason = _limit(state, tc)
+    if state.stop_reason:
+        print(f"nothing to train: {state.stop_reason}", flush=True)
+        return state
 
     total_steps = tc.max_steps or tc.max_epochs * len(token_budget_batches(data.train, tc.max_tokens, True, 0))
     model.train()
@@ -157,18 +196,15 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
             bar.update(1)
             if state.step % tc.log_every == 0:
                 _log_window(log, bar, state, window, lr)
-            if tc.max_minutes and state.train_seconds >= tc.max_minutes * 60:
-                state.stop_reason = f"time budget of {tc.max_minutes} minutes reached"
-            elif tc.max_steps and state.step >= tc.max_steps:
-                state.stop_reason = f"max_steps={tc.max_steps} reached"
+            state.stop_reason = _limit(state, tc)
             if state.stop_reason:
                 break
         bar.close()
-        if state.batch_in_epoch == len(batches):
+        epoch_end = state.batch_in_epoch == len(batches)
+        if epoch_end:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            if state.epoch >= tc.max_epochs and not state.stop_reason:
-                state.stop_reason = f"max_epochs={tc.max_epochs} reached"
-        _validate_and_save(model, optimizer, data, cfg, state, log, out)
+        _validate_and_save(model, optimizer, data, cfg, state, log, out, epoch_end, fingerprint)
+        state.stop_reason = _limit(state, tc)
     print(f"stopped: {state.stop_reason}; best {tc.metric} {state.best_metric:.4f} at epoch {state.best_epoch}",
           flush=True)
     log("stop", reason=state.stop_reason, step=state.step, train_seconds=round(state.train_seconds, 1))
@@ -184,8 +220,10 @@ def _log_window(log, bar, state: TrainState, window: dict, lr: float) -> None:
     window.update(loss=0.0, tokens=0, seconds=0.0)
 
 
-def _validate_and_save(model, optimizer, data: RunData, cfg: RunConfig, state: TrainState, log, out: Path):
-    """Validate, update early stopping, save `best` when the metric improves and `last` always."""
+def _validate_and_save(model, optimizer, data: RunData, cfg: RunConfig, state: TrainState, log, out: Path,
+                       epoch_end: bool, fingerprint: dict):
+    """Validate, save `best` when the metric improves and `last` always. Only validations at the end of an
+    epoch count towards early stopping, so stopping mid-epoch and resuming does not change when it stops."""
     tc = cfg.train
     v = validate(model, data, cfg)
     value = v[tc.metric]
@@ -193,15 +231,13 @@ def _validate_and_save(model, optimizer, data: RunData, cfg: RunConfig, state: T
                                            else value > state.best_metric)
     if better:
         state.best_metric, state.best_epoch, state.bad_validations = value, state.epoch, 0
-    else:
+    elif epoch_end:
         state.bad_validations += 1
-        if state.bad_validations >= tc.patience and not state.stop_reason:
-            state.stop_reason = f"no {tc.metric} improvement in {tc.patience} validations (early stopping)"
     print(f"epoch {state.epoch} step {state.step}: valid loss {v['loss']:.4f} wer {v['wer']:.4f} "
           f"per {v['per']:.4f}{' (best)' if better else ''}", flush=True)
     log("valid", step=state.step, epoch=state.epoch, best=better, train_seconds=round(state.train_seconds, 1),
         **{k: round(x, 6) for k, x in v.items()})
     if better:
         save_checkpoint(out / "best", model, cfg, data.src, data.tgt)
-    save_checkpoint(out / "last", model, cfg, data.src, data.tgt, trainer={"state": asdict(state)},
-                    optimizer=optimizer)
+    save_checkpoint(out / "last", model, cfg, data.src, data.tgt,
+                    trainer={"state": asdict(state), "fingerprint": fingerprint}, optimizer=optimizer)

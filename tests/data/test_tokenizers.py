@@ -53,3 +53,8 @@ def test_lowercase_option_survives_json():
     codec = TextCodec(make_tokenizer("char", lowercase=True), Vocab(list("ab")))
     restored = TextCodec.from_dict(codec.to_dict())
     assert restored.encode("AB") == restored.encode("ab") == [4, 5]
+
+
+def test_text_spelling_a_special_token_is_unknown():
+    v = Vocab(["a"])
+    assert v.encode(["<pad>", "<eos>", "<bos>", "<unk>", "a"]) == [UNK_ID] * 4 + [4]

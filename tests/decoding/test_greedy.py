@@ -56,3 +56,13 @@ def test_length_limit_and_attention_rows():
         assert h.attention.shape == (steps, 4)  # (T, S) over the padded source
         assert torch.allclose(h.attention.sum(-1), torch.ones(steps))
         assert torch.all(h.attention[:, n:] == 0)
+
+
+def test_max_length_scales_with_the_source():
+    """A model that never says eos stops at a * source length + b tokens."""
+    from tests.decoding.scripted import ScriptedModel
+
+    never_ends = ScriptedModel({(4,) * n: {4: 1.0} for n in range(40)})
+    src = torch.tensor([[5, 6, 7, 8, 9, 9], [5, 6, 0, 0, 0, 0]])
+    hyps = greedy_search(never_ends, src, src != 0, DecodeConfig(max_len_a=1.5, max_len_b=2))
+    assert [len(h.tokens) for h in hyps] == [11, 5] and not any(h.finished for h in hyps)

@@ -42,3 +42,28 @@ def test_mask_hides_padding(make):
 def test_dot_needs_equal_sizes():
     with pytest.raises(ValueError, match="equal"):
         LuongAttention(4, 6, "dot")
+
+
+def test_bahdanau_scores_by_hand():
+    """v . tanh(W s + U h_j + b) with hand-set weights on the seeds' encoder states."""
+    att = AdditiveAttention(2, 2, 2)
+    with torch.no_grad():
+        att.query_proj.weight.copy_(torch.eye(2))
+        att.key_proj.weight.copy_(torch.eye(2))
+        att.key_proj.bias.zero_()
+        att.v.weight.copy_(torch.tensor([[1.0, 1.0]]))
+    s = torch.tensor([[0.2, -0.1]])
+    ctx, w = att(s, att.project_keys(H), H, torch.ones(1, 3, dtype=torch.bool))
+    scores = torch.tensor([sum(torch.tanh(torch.tensor(h) + s[0]).tolist()) for h in H[0].tolist()])
+    expected = torch.softmax(scores, 0)
+    assert torch.allclose(w[0], expected, atol=1e-6)
+    assert torch.allclose(ctx[0], expected @ H[0], atol=1e-6)
+
+
+def test_luong_general_scores_by_hand():
+    """s . W h_j with W = [[1, 0], [0, 2]] and s = [1, 1]: scores 0.5 + 0.6, -0.1 + 1.6, 0.7 - 0.4."""
+    att = LuongAttention(2, 2, "general")
+    with torch.no_grad():
+        att.key_proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    _, w = att(torch.tensor([[1.0, 1.0]]), att.project_keys(H), H, torch.ones(1, 3, dtype=torch.bool))
+    assert torch.allclose(w[0], torch.softmax(torch.tensor([1.1, 1.5, 0.3]), 0), atol=1e-6)

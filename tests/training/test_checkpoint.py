@@ -58,3 +58,14 @@ def test_weights_that_do_not_match_the_config(saved):
     (bad / "config.json").write_text(__import__("json").dumps(other.to_dict()))
     with pytest.raises(CheckpointError, match="do not match"):
         load_checkpoint(bad)
+
+
+def test_corrupt_files_are_checkpoint_errors(saved):
+    run, _, _ = saved
+    weights = run / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_checkpoint(run)
+    (run / "best" / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(run)

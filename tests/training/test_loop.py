@@ -49,3 +49,25 @@ def test_log_and_checkpoints(reversal_data, tmp_path):
     assert {"loss", "wer", "per", "cer", "exact_match"} <= set(records[kinds.index("valid")])
     assert (tmp_path / "r" / "best" / "model.safetensors").exists()
     assert state.epoch == 2 and "max_epochs" in state.stop_reason
+
+
+def test_resume_after_a_cut_save_uses_last_old(reversal_data, tmp_path):
+    """A save cut after moving last/ aside: the rerun resumes from last.old/."""
+    cfg = tiny_config(reversal_data, tmp_path / "r", train={"max_epochs": 1})
+    train(cfg)
+    (tmp_path / "r" / "last").rename(tmp_path / "r" / "last.old")
+    state = train(tiny_config(reversal_data, tmp_path / "r", train={"max_epochs": 2}), resume=True)
+    assert state.epoch == 2
+
+
+def test_resuming_a_finished_run_trains_nothing(reversal_data, tmp_path):
+    cfg = tiny_config(reversal_data, tmp_path / "r", train={"max_epochs": 1})
+    first = train(cfg)
+    again = train(cfg, resume=True)
+    assert again.step == first.step and "max_epochs" in again.stop_reason
+
+
+def test_resume_refuses_a_changed_batch_order(reversal_data, tmp_path):
+    train(tiny_config(reversal_data, tmp_path / "r", train={"max_epochs": 1}))
+    with pytest.raises(CrosswayError, match="max_tokens"):
+        train(tiny_config(reversal_data, tmp_path / "r", train={"max_epochs": 2, "max_tokens": 500}), resume=True)

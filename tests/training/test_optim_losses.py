@@ -33,4 +33,7 @@ def test_loss_ignores_padding():
     ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), target.reshape(-1), ignore_index=0,
                                             reduction="sum")
     assert torch.allclose(nll, ref)
-    assert loss > nll * 0.9  # smoothing adds the uniform term
+    # label smoothing: (1 - eps) * nll + eps * mean over the vocabulary of -log p, on non-pad positions
+    logp = torch.log_softmax(logits, -1).reshape(-1, 7)[target.reshape(-1) != 0]
+    expected = 0.9 * nll + 0.1 * (-logp.mean(-1)).sum()
+    assert torch.allclose(loss, expected, atol=1e-4)
