@@ -16,6 +16,7 @@ import yaml
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError
 from crossway.models import MODELS
+from crossway.training.scheduled_sampling import MODES, SCHEDULES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +62,10 @@ class TrainConfig:
     metric: str = "wer"  # wer | per | cer | exact_match | loss
     log_every: int = 100  # steps between metric log lines
     progress: bool = True  # progress bar on stderr
+    scheduled_sampling: str = "none"  # none | stepwise (Bengio et al. 2015) | two_pass (Mihaylova & Martins 2019)
+    ss_schedule: str = "inverse_sigmoid"  # linear | exponential | inverse_sigmoid: P(reference) by step
+    ss_k: float = 2000.0  # linear: steps to reach the floor; exponential: base < 1; inverse_sigmoid: k >= 1
+    ss_floor: float = 0.75  # P(reference) never goes below this
 
     def __post_init__(self):
         if self.schedule not in ("rsqrt", "cosine", "constant"):
@@ -68,6 +73,10 @@ class TrainConfig:
         if self.metric not in ("wer", "per", "cer", "exact_match", "loss"):
             raise ConfigError(f"train.metric must be wer, per, cer, exact_match or loss, not {self.metric!r}")
         _positive(self, "train", "max_tokens", "max_epochs", "patience", "log_every")
+        if self.scheduled_sampling not in MODES or self.ss_schedule not in SCHEDULES:
+            raise ConfigError(f"train.scheduled_sampling must be one of {list(MODES)} and train.ss_schedule one "
+                              f"of {list(SCHEDULES)}")
+        _in_range(self, "train", ss_floor=(0.0, 1.0 + 1e-9))
         _in_range(self, "train", label_smoothing=(0.0, 1.0))
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")

@@ -28,6 +28,7 @@ from crossway.inference import set_threads
 from crossway.training.checkpoint import build_model, load_checkpoint, load_trainer_state, save_checkpoint
 from crossway.training.losses import label_smoothed_ce
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
+from crossway.training.scheduled_sampling import training_logits, truth_probability
 
 LOWER_IS_BETTER = {"wer": True, "per": True, "cer": True, "loss": True, "exact_match": False}
 
@@ -180,7 +181,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
             b = collate([data.train[i] for i in idx], idx)
             lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps)
             set_lr(optimizer, lr)
-            loss, nll, ntok = label_smoothed_ce(model(b.src, b.src_mask, b.tgt_in), b.tgt_out, tc.label_smoothing)
+            p_model = 1 - truth_probability(state.step, tc.ss_schedule, tc.ss_k, tc.ss_floor)
+            logits = training_logits(model, b.src, b.src_mask, b.tgt_in, tc.scheduled_sampling, p_model)
+            loss, nll, ntok = label_smoothed_ce(logits, b.tgt_out, tc.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             (loss / ntok).backward()
             if tc.clip_norm > 0:

@@ -1,0 +1,74 @@
+"""Scheduled sampling: feed the model some of its own predictions instead of the reference while training.
+
+Bengio et al. (2015) decide per target position, at every decoding step, whether the next input is the
+reference token or one sampled from the model ("stepwise": exact for any model through `decode_step`, the
+natural choice for RNNs). Mihaylova & Martins (2019) make it parallel for the Transformer: a first
+teacher-forced pass (no gradient) predicts every position, a random mix of predictions and references is
+the input of the second pass that is trained ("two_pass"). The probability of feeding the reference decays
+with the training step by one of Bengio et al.'s schedules, down to a floor.
+
+B batch, T target length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from crossway.data.tokenizers import PAD_ID
+
+MODES = ("none", "stepwise", "two_pass")
+SCHEDULES = ("linear", "exponential", "inverse_sigmoid")
+
+
+def truth_probability(step: int, schedule: str, k: float, floor: float) -> float:
+    """Probability of feeding the reference at `step`: linear 1 - step / k; exponential k ** step (k < 1);
+    inverse sigmoid k / (k + exp(step / k)) (k >= 1); never below `floor`."""
+    if schedule == "linear":
+        eps = 1.0 - step / k
+    elif schedule == "exponential":
+        eps = k ** step
+    else:
+        eps = k / (k + math.exp(min(step / k, 700.0)))
+    return max(floor, eps)
+
+
+def mix(reference: Tensor, predicted: Tensor, p_model: float, generator: torch.Generator | None = None) -> Tensor:
+    """Per position, the prediction with probability p_model, else the reference; padding stays padding."""
+    if p_model <= 0:
+        return reference
+    use_model = torch.rand(reference.shape, generator=generator, device=reference.device) < p_model
+    return torch.where(use_model & (reference != PAD_ID), predicted, reference)
+
+
+def stepwise_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, p_model: float) -> Tensor:
+    """(B, T, V) logits where each next input is, with probability p_model, a token sampled from the
+    model's own (detached) distribution at the previous step."""
+    memory, state, prev, out = model.encode(src, src_mask), None, tgt_in[:, 0], []
+    for t in range(tgt_in.size(1)):
+        logits, state = model.decode_step(prev, memory, state)
+        out.append(logits)
+        if t + 1 < tgt_in.size(1):
+            sampled = torch.multinomial(logits.detach().float().softmax(-1), 1).squeeze(1)
+            prev = mix(tgt_in[:, t + 1], sampled, p_model)
+    return torch.stack(out, 1)
+
+
+def two_pass_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, p_model: float) -> Tensor:
+    """(B, T, V) logits of a second teacher-forced pass whose inputs mix references and first-pass argmaxes."""
+    with torch.no_grad():
+        predicted = model(src, src_mask, tgt_in).argmax(-1)  # (B, T): prediction for position t + 1
+    mixed = tgt_in.clone()
+    mixed[:, 1:] = mix(tgt_in[:, 1:], predicted[:, :-1], p_model)
+    return model(src, src_mask, mixed)
+
+
+def training_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, mode: str,
+                    p_model: float) -> Tensor:
+    """The logits the training loss is computed on: plain teacher forcing when mode is "none" or p_model 0."""
+    if mode == "none" or p_model <= 0:
+        return model(src, src_mask, tgt_in)
+    fn = stepwise_logits if mode == "stepwise" else two_pass_logits
+    return fn(model, src, src_mask, tgt_in, p_model)
