@@ -1,6 +1,6 @@
 """crossway: encoder-decoder models in PyTorch. The CLI and the server only call what is exported here."""
 
-from crossway.config import RunConfig, load_config
+from crossway.config import RunConfig, decode_overrides, load_config
 from crossway.data.g2p import prepare_g2p
 from crossway.data.text import decode_lines, read_lines
 from crossway.decoding import DecodeConfig, greedy_search
@@ -15,5 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConfigError", "CrosswayError", "DataError", "DecodeConfig", "Evaluation", "LoadedModel",
     "RunConfig", "TranslateStats", "Translation", "evaluate_file", "evaluate_pairs", "greedy_search", "load_checkpoint",
-    "decode_lines", "load_config", "prepare_g2p", "read_lines", "set_threads", "train", "translate",
+    "decode_lines", "decode_overrides", "load_config", "prepare_g2p", "read_lines", "set_threads", "train", "translate",
 ]

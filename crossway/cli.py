@@ -14,7 +14,7 @@ import crossway as cw
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # overrides may come after flags: `train C --resume a.b=1`
-    if extra and getattr(args, "func", None) is _train and all("=" in e for e in extra):
+    if extra and getattr(args, "func", None) in (_train, _translate, _evaluate) and all("=" in e for e in extra):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="delete an existing run in train.out_dir first")
     tr.set_defaults(func=_train)
 
-    tl = sub.add_parser("translate", help="decode lines (stdin -> stdout, one output line per input line)")
+    tl = sub.add_parser("translate", help="decode lines (stdin -> stdout, one output line per input line; with "
+                                          "decode.n_best > 1: input line, rank, score and output, tab-separated)")
     _model_args(tl)
     tl.add_argument("--input", help="input file (default: stdin)")
     tl.add_argument("--output", help="output file (default: stdout)")
@@ -73,10 +74,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--max-tokens", type=int, help="token budget of a decoding batch")
+    p.add_argument("overrides", nargs="*", help="decoding options, e.g. decode.strategy=beam decode.beam_size=5 "
+                                                "decode.n_best=3 decode.length_penalty=0.6 decode.top_p=0.9")
 
 
 def _decode_cfg(args, loaded: cw.LoadedModel) -> cw.DecodeConfig:
-    cfg = loaded.config.decode
+    cfg = cw.decode_overrides(loaded.config.decode, args.overrides)
     return dataclasses.replace(cfg, max_tokens=args.max_tokens) if args.max_tokens else cfg
 
 
@@ -93,10 +96,14 @@ def _translate(args) -> None:
     cw.set_threads(args.threads)
     loaded = cw.load_checkpoint(args.model, args.checkpoint)
     lines = cw.read_lines(args.input) if args.input else cw.decode_lines(sys.stdin.buffer.read(), "<stdin>")
-    stats = cw.TranslateStats()
-    outs = cw.translate(loaded.model, loaded.src, loaded.tgt, lines, _decode_cfg(args, loaded),
+    stats, cfg = cw.TranslateStats(), _decode_cfg(args, loaded)
+    outs = cw.translate(loaded.model, loaded.src, loaded.tgt, lines, cfg,
                         args.max_src_len or loaded.config.data.max_src_len, stats, args.input or "<stdin>")
-    text = "".join(o.text + "\n" for o in outs)
+    if cfg.strategy == "beam" and cfg.n_best > 1:  # n-best: "line<TAB>rank<TAB>score<TAB>text"
+        text = "".join(f"{i}\t{r}\t{h.score:.4f}\t{h.text}\n" for i, o in enumerate(outs, 1)
+                       for r, h in enumerate([o, *o.alternatives], 1))
+    else:
+        text = "".join(o.text + "\n" for o in outs)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:

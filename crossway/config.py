@@ -127,6 +127,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     return RunConfig.from_dict(apply_overrides(raw, overrides))
 
 
+def decode_overrides(cfg: DecodeConfig, overrides: list[str]) -> DecodeConfig:
+    """A DecodeConfig with `decode.key=value` overrides applied (decoding options of translate/evaluate)."""
+    for item in overrides:
+        if not item.startswith("decode."):
+            raise ConfigError(f"only decoding options can be changed here (decode.key=value), not {item!r}")
+    return _build(DecodeConfig, apply_overrides({"decode": dataclasses.asdict(cfg)}, overrides)["decode"], "decode")
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
     for k, v in raw.items():

@@ -77,6 +77,18 @@ def test_translate_files(run, tmp_path):
     assert len((tmp_path / "out.txt").read_text().splitlines()) == 2
 
 
+def test_translate_decoding_options(run):
+    p = cw("translate", "--model", str(run["run"]), "decode.strategy=beam", "decode.beam_size=3", "decode.n_best=2",
+           stdin="abc\nhgfe\n")
+    assert p.returncode == 0, p.stderr.decode()
+    rows = [line.split("\t") for line in p.stdout.decode().splitlines()]
+    assert [(r[0], r[1]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
+    assert all(float(r[2]) <= 0 for r in rows)  # log-probability scores
+    assert_clean_error(cw("translate", "--model", str(run["run"]), "train.lr=1", stdin="a\n"), "decode.key=value")
+    assert_clean_error(cw("translate", "--model", str(run["run"]), "decode.beam=3", stdin="a\n"),
+                       "decode.beam_size")
+
+
 def test_translate_refuses_overlong_input(run):
     assert_clean_error(cw("translate", "--model", str(run["run"]), stdin="ab\n" + "a" * 50 + "\n"),
                        "input line 2 has 50 tokens", "limit of 10")
