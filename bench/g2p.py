@@ -1,8 +1,10 @@
-"""G2P benchmark: RNN variants (no attention, Bahdanau, Luong) trained under the same time budget on the
-CMUdict split, then scored on the test split: WER, PER, training time, parameters, and WER by word length
-(table and PNG). Optionally the classic WFST peer Phonetisaurus, trained and decoded on the same split.
+"""G2P benchmark: RNN variants (no attention, Bahdanau, Luong) and the Transformer trained under the same time
+budget on the CMUdict split, then scored on the test split: WER and PER with greedy search and beam 5,
+training time, parameters, decoding speed (words/s at batch 1 and 256), and WER by word length (table and
+PNG). Optionally the classic WFST peer Phonetisaurus, trained and decoded on the same split.
 
-    python bench/g2p.py --minutes 15 --threads 1                  # train and score the three variants
+    python bench/g2p.py --minutes 15 --threads 1                  # train and score every system
+    python bench/g2p.py --systems transformer --minutes 60        # one system
     python bench/g2p.py --existing best=runs/g2p-rnn --no-train    # score runs trained elsewhere
     python bench/g2p.py --phonetisaurus                            # add the peer (pip install phonetisaurus)
 
@@ -12,6 +14,7 @@ Results go to bench/out/g2p/: results.json, results.md (the tables) and wer_by_l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -25,7 +28,14 @@ import crossway as cw
 from crossway.metrics import error_rates
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {"none": "none", "bahdanau": "bahdanau", "luong": "luong_general"}
+# system name -> (base config, overrides): the RNN variants differ only in their attention
+SYSTEMS = {
+    "rnn-none": ("configs/g2p_rnn.yaml", ["model.attention=none"]),
+    "rnn-bahdanau": ("configs/g2p_rnn.yaml", ["model.attention=bahdanau"]),
+    "rnn-luong": ("configs/g2p_rnn.yaml", ["model.attention=luong_general"]),
+    "transformer": ("configs/g2p_transformer.yaml", []),
+}
+SPEED_WORDS = 256  # words decoded one at a time for the batch-1 speed
 LENGTH_BUCKETS = [(1, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 99)]
 
 
@@ -45,29 +55,38 @@ def score(sources: list[str], refs: list[list[str]], hyps: list[str]) -> dict:
     return out
 
 
-def run_variant(name: str, attention: str, args) -> dict:
-    out_dir = ROOT / "bench/out/g2p" / name
-    overrides = [f"model.attention={attention}", f"train.max_minutes={args.minutes}", f"train.threads={args.threads}",
-                 f"train.out_dir={out_dir}", "train.progress=false", f"data.train={args.data}/train.tsv",
-                 f"data.valid={args.data}/valid.tsv"]
-    cfg = cw.load_config(args.config, overrides)
-    state = cw.train(cfg, overwrite=True)
-    return {"train_seconds": state.train_seconds, "epochs": state.epoch, "steps": state.step,
-            "stop": state.stop_reason}
+def run_system(name: str, args) -> None:
+    config, overrides = SYSTEMS[name]
+    overrides = [*overrides, f"train.max_minutes={args.minutes}", f"train.threads={args.threads}",
+                 f"train.out_dir={ROOT / 'bench/out/g2p' / name}", "train.progress=false",
+                 f"data.train={args.data}/train.tsv", f"data.valid={args.data}/valid.tsv"]
+    cw.train(cw.load_config(ROOT / config, overrides), overwrite=True)
+
+
+def words_per_second(loaded: cw.LoadedModel, words: list[str], batch: int, cfg: cw.DecodeConfig) -> float:
+    start = time.perf_counter()
+    for i in range(0, len(words), batch):
+        cw.translate(loaded.model, loaded.src, loaded.tgt, words[i:i + batch], cfg)
+    return len(words) / (time.perf_counter() - start)
 
 
 def evaluate_run(run: Path, test: Path, threads: int) -> dict:
     cw.set_threads(threads)
     loaded = cw.load_checkpoint(run)
     params = sum(p.numel() for p in loaded.model.parameters())
-    start = time.perf_counter()
-    ev = cw.evaluate_file(loaded, str(test))
-    seconds = time.perf_counter() - start
-    metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]) if (run / "metrics.jsonl").exists() \
-        else {}
-    return {"params": params, "decode_words_per_s": len(ev.sources) / seconds,
-            "train_seconds": metrics.get("train_seconds"), "model": loaded.config.model.__dict__,
-            **score(ev.sources, ev.references, ev.hypotheses)}
+    greedy = dataclasses.replace(loaded.config.decode, strategy="greedy", max_tokens=100_000)
+    beam = dataclasses.replace(greedy, strategy="beam", beam_size=5, length_penalty=1.0)
+    out = {"params": params, "model": dataclasses.asdict(loaded.config.model),
+           "budget_minutes": loaded.config.train.max_minutes, "threads": loaded.config.train.threads}
+    for name, cfg in (("greedy", greedy), ("beam5", beam)):
+        ev = cw.evaluate_file(loaded, str(test), cfg)
+        out[name] = score(ev.sources, ev.references, ev.hypotheses)
+        out[f"{name}_words_per_s_batch1"] = words_per_second(loaded, ev.sources[:SPEED_WORDS], 1, cfg)
+        out[f"{name}_words_per_s_batch256"] = words_per_second(loaded, ev.sources, 256, cfg)
+    log = run / "metrics.jsonl"
+    out["train_seconds"] = json.loads(log.read_text().splitlines()[-1]).get("train_seconds") if log.exists() else None
+    out.update(wer=out["greedy"]["wer"], per=out["greedy"]["per"], by_length=out["greedy"]["by_length"])
+    return out
 
 
 def run_phonetisaurus(data: Path, threads: int) -> dict:
@@ -101,17 +120,23 @@ def run_phonetisaurus(data: Path, threads: int) -> dict:
         w, _, p = line.partition("\t")
         hyp.setdefault(w, p.strip())
     hyps = [hyp.get(w, "") for w in sources]
-    return {"params": None, "train_seconds": train_seconds, "decode_words_per_s": len(sources) / decode_seconds,
-            **score(sources, [refs[w] for w in sources], hyps)}
+    greedy = score(sources, [refs[w] for w in sources], hyps)
+    return {"params": None, "train_seconds": train_seconds, "greedy": greedy, "wer": greedy["wer"],
+            "per": greedy["per"], "by_length": greedy["by_length"],
+            "greedy_words_per_s_batch256": len(sources) / decode_seconds}
 
 
 def report(results: dict, out: Path) -> str:
-    lines = ["| system | WER % | PER % | train min | params | decode words/s |", "|---|---|---|---|---|---|"]
+    pct = lambda r, k, m: f"{100 * r[k][m]:.2f}" if k in r else "-"  # noqa: E731
+    num = lambda r, k: f"{r[k]:.0f}" if r.get(k) else "-"  # noqa: E731
+    lines = ["| system | WER % greedy | PER % greedy | WER % beam 5 | PER % beam 5 | train min | params | "
+             "words/s batch 1 | words/s batch 256 | words/s beam 5 batch 256 |", "|---|" + "---|" * 9]
     for name, r in results.items():
         params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
         mins = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "-"
-        lines.append(f"| {name} | {100 * r['wer']:.2f} | {100 * r['per']:.2f} | {mins} | {params} | "
-                     f"{r['decode_words_per_s']:.0f} |")
+        lines.append(f"| {name} | {pct(r, 'greedy', 'wer')} | {pct(r, 'greedy', 'per')} | {pct(r, 'beam5', 'wer')} | "
+                     f"{pct(r, 'beam5', 'per')} | {mins} | {params} | {num(r, 'greedy_words_per_s_batch1')} | "
+                     f"{num(r, 'greedy_words_per_s_batch256')} | {num(r, 'beam5_words_per_s_batch256')} |")
     buckets = [bucket_name(lo, hi) for lo, hi in LENGTH_BUCKETS]
     first = next(iter(results.values()))
     lines += ["", "WER % by word length (letters); n = test words in the bucket", "",
@@ -144,12 +169,11 @@ def report(results: dict, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "configs/g2p_rnn.yaml"), help="base config of every variant")
     ap.add_argument("--data", default=str(ROOT / "data/g2p"), help="output of `crossway data g2p`")
     ap.add_argument("--minutes", type=float, default=15.0, help="training budget per variant")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
-    ap.add_argument("--no-train", action="store_true", help="score the variants' existing runs")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {list(SYSTEMS)}")
+    ap.add_argument("--no-train", action="store_true", help="score the systems' existing runs")
     ap.add_argument("--existing", action="append", default=[], help="NAME=RUN: also score a run trained elsewhere")
     ap.add_argument("--phonetisaurus", action="store_true", help="add the Phonetisaurus peer")
     args = ap.parse_args()
@@ -159,11 +183,10 @@ def main() -> None:
         cw.prepare_g2p(data)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name in args.variants.split(","):
+    for name in args.systems.split(","):
         if not args.no_train:
-            run_variant(name, VARIANTS[name], args)
-        results[f"rnn-{name}"] = evaluate_run(out / name, data / "test.tsv", args.threads)
-        results[f"rnn-{name}"]["budget_minutes"] = args.minutes
+            run_system(name, args)
+        results[name] = evaluate_run(out / name, data / "test.tsv", args.threads)
         results_path.write_text(json.dumps(results, indent=1))
     for item in args.existing:
         name, _, run = item.partition("=")

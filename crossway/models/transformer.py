@@ -170,12 +170,15 @@ class Transformer(nn.Module):
         return self.generator(self.dec_norm(x))[:, 0], new
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        memory = self.encode(src, src_mask)
+        return self.decode_prefix(tgt_in, self.encode(src, src_mask))
+
+    def decode_prefix(self, tgt_in: Tensor, memory: Memory) -> Tensor:
+        """Teacher-forced decoder over a whole prefix (B, T) -> logits (B, T, V), causal mask, no cache."""
         B, T = tgt_in.shape
         pos = torch.arange(T, device=tgt_in.device).expand(B, T)
         x = self.drop(self.tgt_embed(tgt_in) * self.scale + self.tgt_pos(pos))  # (B, T, D)
         causal = torch.ones(T, T, dtype=torch.bool, device=tgt_in.device).tril()  # (T, T): j <= t
-        cross_mask = src_mask[:, None, None, :]
+        cross_mask = memory["mask"][:, None, None, :]
         for i, layer in enumerate(self.decoder):
             kv = layer.self_attn.project_kv(layer.sub_self.inner(x))
             x, _ = layer(x, kv, causal, (memory[f"ck{i}"], memory[f"cv{i}"]), cross_mask)
