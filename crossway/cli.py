@@ -116,8 +116,9 @@ def _translate(args) -> None:
 def _evaluate(args) -> None:
     cw.set_threads(args.threads)
     loaded = cw.load_checkpoint(args.model, args.checkpoint)
-    result = cw.evaluate_file(loaded, args.data, _decode_cfg(args, loaded))
-    report = {"model": str(loaded.path), "data": args.data, **result.metrics}
+    cfg = _decode_cfg(args, loaded)
+    result = cw.evaluate_file(loaded, args.data, cfg)
+    report = {"model": str(loaded.path), "data": args.data, "decode": dataclasses.asdict(cfg), **result.metrics}
     path = Path(args.report) if args.report else Path(args.model) / f"eval-{Path(args.data).stem}.json"
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if args.hyps:
