@@ -50,5 +50,8 @@ def tiny_config(data: dict[str, Path], out_dir: Path, **sections) -> RunConfig:
                   "progress": False, "log_every": 10, "threads": 1},
     }
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
+        if section == "model" and values.get("arch", "rnn") != "rnn":
+            raw["model"] = dict(values)  # the RNN defaults above do not apply to another architecture
+        else:
+            raw.setdefault(section, {}).update(values)
     return RunConfig.from_dict(raw)

@@ -32,3 +32,16 @@ def test_rnn_variant_learns_reversal(attention, cell, reversal_data, tmp_path):
     em = evaluate_file(load_checkpoint(tmp_path / "run"), str(reversal_data["valid"])).metrics["exact_match"]
     assert em >= 0.95, f"{attention}/{cell}: exact match {em:.3f} after {elapsed:.0f}s"
     assert elapsed < 60
+
+
+def test_transformer_learns_reversal(reversal_data, tmp_path):
+    cfg = tiny_config(
+        reversal_data, tmp_path / "run",
+        model={"arch": "transformer", "d_model": 64, "heads": 4, "ff_dim": 128, "enc_layers": 2, "dec_layers": 2,
+               "dropout": 0.0},
+        train={"max_epochs": 40, "max_minutes": 0.75, "lr": 0.002, "warmup_steps": 50, "max_tokens": 600,
+               "patience": 8, "metric": "exact_match", "label_smoothing": 0.0},
+    )
+    train(cfg)
+    em = evaluate_file(load_checkpoint(tmp_path / "run"), str(reversal_data["valid"])).metrics["exact_match"]
+    assert em >= 0.95, f"transformer: exact match {em:.3f}"

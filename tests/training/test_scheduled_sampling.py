@@ -68,8 +68,8 @@ def test_schedules():
                                         ("two_pass", {"arch": "transformer", "d_model": 16, "heads": 2,
                                                       "ff_dim": 32, "enc_layers": 1, "dec_layers": 1})])
 def test_training_runs_with_scheduled_sampling(mode, model, reversal_data, tmp_path):
-    cfg = tiny_config(reversal_data, tmp_path / "r", train={"max_steps": 5, "scheduled_sampling": mode,
-                                                            "ss_schedule": "linear", "ss_k": 5, "ss_floor": 0.5})
-    cfg = type(cfg).from_dict({**cfg.to_dict(), "model": model})
+    cfg = tiny_config(reversal_data, tmp_path / "r", model=model,
+                      train={"max_steps": 5, "scheduled_sampling": mode, "ss_schedule": "linear", "ss_k": 5,
+                             "ss_floor": 0.5})
     state = train(cfg)
     assert state.step == 5
