@@ -182,18 +182,24 @@ def main() -> None:
     if not (data / "train.tsv").exists():
         cw.prepare_g2p(data)
     results_path = out / "results.json"
+
+    def save(name: str, result: dict) -> dict:
+        """Merge into results.json as it is now, so benchmark runs in parallel do not overwrite each other."""
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}
+        results[name] = result
+        results_path.write_text(json.dumps(results, indent=1))
+        return results
+
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name in args.systems.split(","):
+    for name in filter(None, args.systems.split(",")):
         if not args.no_train:
             run_system(name, args)
-        results[name] = evaluate_run(out / name, data / "test.tsv", args.threads)
-        results_path.write_text(json.dumps(results, indent=1))
+        results = save(name, evaluate_run(out / name, data / "test.tsv", args.threads))
     for item in args.existing:
         name, _, run = item.partition("=")
-        results[name] = evaluate_run(Path(run), data / "test.tsv", args.threads)
+        results = save(name, evaluate_run(Path(run), data / "test.tsv", args.threads))
     if args.phonetisaurus:
-        results["phonetisaurus"] = run_phonetisaurus(data, args.threads)
-    results_path.write_text(json.dumps(results, indent=1))
+        results = save("phonetisaurus", run_phonetisaurus(data, args.threads))
     print(report(results, out))
 
 
