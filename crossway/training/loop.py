@@ -178,21 +178,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
                    disable=not tc.progress, mininterval=1.0)
         tick, window = time.monotonic(), {"loss": 0.0, "tokens": 0, "seconds": 0.0}
         for idx in batches[state.batch_in_epoch:]:
-            b = collate([data.train[i] for i in idx], idx)
             lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps)
-            set_lr(optimizer, lr)
-            p_model = 1 - truth_probability(state.step, tc.ss_schedule, tc.ss_k, tc.ss_floor)
-            logits = training_logits(model, b.src, b.src_mask, b.tgt_in, tc.scheduled_sampling, p_model)
-            loss, nll, ntok = label_smoothed_ce(logits, b.tgt_out, tc.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            (loss / ntok).backward()
-            if tc.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
-            optimizer.step()
+            nll, ntok = _step(model, optimizer, collate([data.train[i] for i in idx], idx), tc, state.step, lr)
             now = time.monotonic()
             state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
             state.train_seconds += now - tick
-            window["loss"] += float(nll)
+            window["loss"] += nll
             window["tokens"] += ntok
             window["seconds"] += now - tick
             tick = now
@@ -212,6 +203,20 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
           flush=True)
     log("stop", reason=state.stop_reason, step=state.step, train_seconds=round(state.train_seconds, 1))
     return state
+
+
+def _step(model, optimizer, b, tc, step: int, lr: float) -> tuple[float, int]:
+    """One optimizer update on batch b -> (summed nll, target tokens)."""
+    set_lr(optimizer, lr)
+    p_model = 1 - truth_probability(step, tc.ss_schedule, tc.ss_k, tc.ss_floor)
+    logits = training_logits(model, b.src, b.src_mask, b.tgt_in, tc.scheduled_sampling, p_model)
+    loss, nll, ntok = label_smoothed_ce(logits, b.tgt_out, tc.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    (loss / ntok).backward()
+    if tc.clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
+    optimizer.step()
+    return float(nll), ntok
 
 
 def _log_window(log, bar, state: TrainState, window: dict, lr: float) -> None:
