@@ -10,6 +10,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -175,7 +176,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
     while not state.stop_reason:
         batches = token_budget_batches(data.train, tc.max_tokens, shuffle=True, seed=tc.seed + state.epoch)
         bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", initial=state.batch_in_epoch, leave=False,
-                   disable=not tc.progress, mininterval=1.0)
+                   disable=not tc.progress or not sys.stderr.isatty(), mininterval=1.0)
         tick, window = time.monotonic(), {"loss": 0.0, "tokens": 0, "seconds": 0.0}
         for idx in batches[state.batch_in_epoch:]:
             lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps)
