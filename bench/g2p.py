@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import crossway as cw
+from crossway.data.text import read_tsv
+from crossway.evaluate import group_references
 from crossway.metrics import error_rates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,13 +104,7 @@ def run_phonetisaurus(data: Path, threads: int) -> dict:
     subprocess.run(["phonetisaurus-train", "--lexicon", "train.tsv", "--seq2_del"], cwd=work, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     train_seconds = time.perf_counter() - start
-    pairs = cw.read_lines(data / "test.tsv")
-    sources, refs = [], {}
-    for line in pairs:
-        w, p = line.split("\t")
-        if w not in refs:
-            sources.append(w)
-        refs.setdefault(w, []).append(p)
+    sources, references = group_references(read_tsv(data / "test.tsv"))
     (work / "words.txt").write_text("".join(w + "\n" for w in sources))
     model = next(work.glob("**/*.fst"))
     start = time.perf_counter()
@@ -119,8 +115,7 @@ def run_phonetisaurus(data: Path, threads: int) -> dict:
     for line in res.stdout.splitlines():
         w, _, p = line.partition("\t")
         hyp.setdefault(w, p.strip())
-    hyps = [hyp.get(w, "") for w in sources]
-    greedy = score(sources, [refs[w] for w in sources], hyps)
+    greedy = score(sources, references, [hyp.get(w, "") for w in sources])
     return {"params": None, "train_seconds": train_seconds, "greedy": greedy, "wer": greedy["wer"],
             "per": greedy["per"], "by_length": greedy["by_length"],
             "greedy_words_per_s_batch256": len(sources) / decode_seconds}

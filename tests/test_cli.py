@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, reversal_rows, write_tsv
+from tests.conftest import reversal_rows, write_tsv
 
 
 def cw(*args: str, stdin: str | bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -124,4 +124,3 @@ def test_bad_inputs_are_clean_errors(run, tmp_path):
 def test_help_and_version():
     assert cw("--version").stdout.decode().startswith("crossway ")
     assert cw("--help").returncode == 0
-    assert REPO.joinpath("configs").is_dir()

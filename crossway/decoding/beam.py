@@ -34,7 +34,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     for t in range(int(limits.max())):
         logits, state = model.decode_step(prev, memory, state)
-        logp = step_log_probs(logits, tokens, cfg, list(processors))  # (rows, V)
+        logp = step_log_probs(logits, tokens, cfg, processors)  # (rows, V)
         Ba, V = scores.size(0), logp.size(-1)
         top_scores, top_idx = (scores.view(-1, 1) + logp).view(Ba, K * V).topk(2 * K, dim=1)  # (Ba, 2K)
         beam, tok = top_idx // V, top_idx % V

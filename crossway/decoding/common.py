@@ -6,7 +6,7 @@ B rows being decoded (sentences, or sentences x beams), V target vocabulary, t t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,7 +87,7 @@ def default_processors(cfg: DecodeConfig) -> list[Processor]:
     return [no_repeat_ngram(cfg.no_repeat_ngram)] if cfg.no_repeat_ngram > 0 else []
 
 
-def step_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors: list[Processor]) -> Tensor:
+def step_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors: Sequence[Processor]) -> Tensor:
     """Log-probabilities of the next token: pad and bos never, eos not before min_len, then the processors."""
     logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
     logp[:, PAD_ID] = float("-inf")

@@ -47,15 +47,16 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_tree(path: Path) -> None:
+    """fsync every file of a checkpoint directory, then the directory itself."""
     for f in path.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_parent(path / "x")
+    _fsync_dir(path)
 
 
-def _fsync_parent(path: Path) -> None:
-    fd = os.open(path.parent, os.O_RDONLY)
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -77,12 +78,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: RunConfig, src: 
         save_file(tensors, str(tmp / "trainer.safetensors"))
         _write_json(tmp / "trainer.json", {**trainer, "optimizer": opt_meta,
                                            "rng_python": _py_rng_to_json(random.getstate())})
-    _fsync_dir(tmp)
+    _fsync_tree(tmp)
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
     tmp.rename(path)
-    _fsync_parent(path)  # make the renames durable before the old checkpoint goes
+    _fsync_dir(path.parent)  # make the renames durable before the old checkpoint goes
     shutil.rmtree(old, ignore_errors=True)
     return path
 
