@@ -14,7 +14,8 @@ import crossway as cw
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # overrides may come after flags: `train C --resume a.b=1`
-    if extra and getattr(args, "func", None) in (_train, _translate, _evaluate) and all("=" in e for e in extra):
+    takes_overrides = (_train, _translate, _evaluate, _plot_attention)
+    if extra and getattr(args, "func", None) in takes_overrides and all("=" in e for e in extra):
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -66,6 +67,36 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", help="JSON report path (default: RUN/eval-<data name>.json)")
     ev.add_argument("--hyps", help="also write one hypothesis per distinct input to this file")
     ev.set_defaults(func=_evaluate)
+    sv = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn; pip install crossway[serve])")
+    sv.add_argument("--model", required=True, help="run directory (or a checkpoint directory)")
+    sv.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    sv.add_argument("--max-queue", type=int, default=64, help="requests queued or decoding; 429 beyond")
+    sv.add_argument("--max-inputs", type=int, default=64, help="inputs per request")
+    sv.add_argument("--max-input-tokens", type=int, default=0, help="tokens per input (default: data.max_src_len)")
+    sv.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    sv.add_argument("--max-batch-inputs", type=int, default=64, help="inputs decoded in one model call")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch")
+    sv.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in seconds (504 after it)")
+    sv.add_argument("--drain-timeout", type=float, default=60.0, help="SIGTERM: longest wait for in-flight work")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sv.set_defaults(func=_serve)
+
+    pl = sub.add_parser("plot", help="PNG plots: attention heatmaps and training curves").add_subparsers(
+        metavar="WHAT")
+    pa = pl.add_parser("attention", help="cross-attention heatmap of one translation")
+    _model_args(pa)
+    pa.add_argument("--text", required=True, help="the input to translate")
+    pa.add_argument("--layer", type=int, help="decoder layer, 1-based (Transformer; default: the last)")
+    pa.add_argument("--head", type=int, help="attention head, 1-based (Transformer; default: mean of the heads)")
+    pa.add_argument("--out", default="attention.png")
+    pa.set_defaults(func=_plot_attention)
+    pc = pl.add_parser("curves", help="training and validation curves from RUN/metrics.jsonl")
+    pc.add_argument("run")
+    pc.add_argument("--out", help="PNG path (default: RUN/curves.png)")
+    pc.set_defaults(func=_plot_curves)
     return p
 
 
@@ -126,3 +157,31 @@ def _evaluate(args) -> None:
                                                                           strict=True)), encoding="utf-8")
     print(json.dumps(report, indent=2))
     print(f"report written to {path}", file=sys.stderr)
+
+
+def _serve(args) -> None:
+    from crossway.server import ServeConfig, serve
+
+    cfg = ServeConfig(host=args.host, port=args.port, threads=args.threads, max_queue=args.max_queue,
+                      max_inputs=args.max_inputs, max_input_tokens=args.max_input_tokens,
+                      max_body_bytes=args.max_body_bytes, max_batch_inputs=args.max_batch_inputs,
+                      batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout, drain_timeout_s=args.drain_timeout,
+                      checkpoint=args.checkpoint)
+    serve(args.model, cfg, log_level=args.log_level)
+
+
+def _plot_attention(args) -> None:
+    from crossway.plots import plot_attention
+
+    cw.set_threads(args.threads)
+    loaded = cw.load_checkpoint(args.model, args.checkpoint)
+    cfg = _decode_cfg(args, loaded)
+    path = plot_attention(loaded, args.text, args.out, cfg, layer=args.layer, head=args.head)
+    print(f"attention heatmap written to {path}", file=sys.stderr)
+
+
+def _plot_curves(args) -> None:
+    from crossway.plots import plot_curves
+
+    path = plot_curves(args.run, args.out)
+    print(f"training curves written to {path}", file=sys.stderr)

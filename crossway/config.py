@@ -62,6 +62,7 @@ class TrainConfig:
     metric: str = "wer"  # wer | per | cer | exact_match | loss
     log_every: int = 100  # steps between metric log lines
     progress: bool = True  # progress bar on stderr (when it is a terminal)
+    tensorboard: bool = False  # also log train/valid numbers to RUN/tensorboard (pip install crossway[tensorboard])
     scheduled_sampling: str = "none"  # none | stepwise (Bengio et al. 2015) | two_pass (Mihaylova & Martins 2019)
     ss_schedule: str = "inverse_sigmoid"  # linear | exponential | inverse_sigmoid: P(reference) by step
     ss_k: float = 2000.0  # linear: steps to reach the floor; exponential: base < 1; inverse_sigmoid: k >= 1

@@ -72,7 +72,8 @@ def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str]
 
 def _translation(hyp: Hypothesis, src_tokens: list[str], tgt: TextCodec) -> Translation:
     toks = tgt.vocab.decode(hyp.tokens)
-    return Translation(tgt.tokenizer.detokenize(toks), toks, src_tokens, hyp.score, hyp.finished, hyp.attention)
+    attention = hyp.attention[..., :len(src_tokens)] if hyp.attention is not None else None  # drop batch padding
+    return Translation(tgt.tokenizer.detokenize(toks), toks, src_tokens, hyp.score, hyp.finished, attention)
 
 
 def set_threads(threads: int) -> None:

@@ -55,3 +55,12 @@ def tiny_config(data: dict[str, Path], out_dir: Path, **sections) -> RunConfig:
         else:
             raw.setdefault(section, {}).update(values)
     return RunConfig.from_dict(raw)
+
+
+@pytest.fixture(scope="session")
+def served_runs(tmp_path_factory) -> dict[str, Path]:
+    """An RNN (Bahdanau) and a Transformer run, trained for a few steps, shared by the serving tests."""
+    from tests.servers import train_run
+
+    root = tmp_path_factory.mktemp("served")
+    return {arch: train_run(root, arch) for arch in ("rnn", "transformer")}

@@ -56,14 +56,31 @@ class RunData:
 
 
 class Logger:
-    """metrics.jsonl writer; every record also gets wall-clock time."""
+    """metrics.jsonl writer; every record also gets wall-clock time. With `tensorboard_dir`, the numbers of
+    the train and valid records also go to TensorBoard as `train/<name>` and `valid/<name>` by step."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, tensorboard_dir: Path | None = None):
+        self.path, self.writer = path, None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError("train.tensorboard needs the tensorboard package: pip install crossway[tensorboard]"
+                                  ) from e
+            self.writer = SummaryWriter(str(tensorboard_dir))
 
     def __call__(self, kind: str, **record) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"type": kind, "time": round(time.time(), 3), **record}) + "\n")
+        if self.writer is not None and kind in ("train", "valid") and "step" in record:
+            for name, value in record.items():
+                if name not in ("step", "epoch") and isinstance(value, int | float) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{kind}/{name}", value, record["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log) -> RunData:
@@ -144,7 +161,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
     out = Path(tc.out_dir)
     _open_run(out, resume, overwrite)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    log = Logger(out / "metrics.jsonl")
+    log = Logger(out / "metrics.jsonl", out / "tensorboard" if cfg.train.tensorboard else None)
     set_threads(tc.threads)
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
@@ -169,6 +186,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
     state.stop_reason = _limit(state, tc)
     if state.stop_reason:
         print(f"nothing to train: {state.stop_reason}", flush=True)
+        log.close()
         return state
 
     total_steps = tc.max_steps or tc.max_epochs * len(token_budget_batches(data.train, tc.max_tokens, True, 0))
@@ -203,6 +221,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
     print(f"stopped: {state.stop_reason}; best {tc.metric} {state.best_metric:.4f} at epoch {state.best_epoch}",
           flush=True)
     log("stop", reason=state.stop_reason, step=state.step, train_seconds=round(state.train_seconds, 1))
+    log.close()
     return state
 
 

@@ -1,0 +1,117 @@
+"""PNG plots: the cross-attention of one translation, and a run's training and validation curves.
+
+Needs matplotlib (pip install crossway[plot]); it is imported when a plot is made, not with crossway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from crossway.decoding import DecodeConfig
+from crossway.errors import ConfigError, DataError
+from crossway.inference import translate
+from crossway.training.checkpoint import LoadedModel
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ConfigError("plots need matplotlib: pip install crossway[plot]") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def attention_matrix(attention, layer: int | None, head: int | None):
+    """(T, S) weights from a translation's attention: (T, S) as is (RNN), (T, L, H, S) at decoder `layer`
+    (1-based; default the last) and `head` (1-based; default the mean over heads)."""
+    if attention.dim() == 2:
+        if layer not in (None, 1) or head not in (None, 1):
+            raise ConfigError("this model has a single attention: no --layer or --head to choose")
+        return attention
+    T, L, H, S = attention.shape
+    layer = L if layer is None else layer
+    if not 1 <= layer <= L or (head is not None and not 1 <= head <= H):
+        raise ConfigError(f"--layer must be in 1..{L} and --head in 1..{H} (got {layer}, {head})")
+    per_head = attention[:, layer - 1]  # (T, H, S)
+    return per_head.mean(1) if head is None else per_head[:, head - 1]
+
+
+def plot_attention(loaded: LoadedModel, text: str, out: str | Path, cfg: DecodeConfig | None = None,
+                   layer: int | None = None, head: int | None = None) -> Path:
+    """Translate `text` and write the heatmap of its cross-attention (rows output tokens, columns input)."""
+    if not text.strip():
+        raise DataError("--text is empty: nothing to translate")
+    cfg = dataclasses.replace(cfg or loaded.config.decode, return_attention=True, n_best=1)
+    (t,) = translate(loaded.model, loaded.src, loaded.tgt, [text], cfg, loaded.config.data.max_src_len,
+                     name="--text")
+    if t.attention is None:
+        raise ConfigError(f"{loaded.path}: this model has no attention to plot (model.attention=none)")
+    weights = attention_matrix(t.attention, layer, head).numpy()
+    rows = t.tokens + ["</s>"] * (weights.shape[0] - len(t.tokens))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * len(t.src_tokens), 1.2 + 0.3 * len(rows)))
+    im = ax.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(t.src_tokens)), t.src_tokens, rotation=90)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("input")
+    ax.set_ylabel("output")
+    where = "" if t.attention.dim() == 2 else \
+        f" layer {layer or t.attention.size(1)}, {'mean of heads' if head is None else f'head {head}'}"
+    ax.set_title(f"{text!r} -> {t.text!r}{where}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: no metrics log (is {run} a run directory?)")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
+    return records
+
+
+def plot_curves(run: str | Path, out: str | Path | None = None) -> Path:
+    """Training loss and validation loss / error rates against training time, from RUN/metrics.jsonl."""
+    records = read_metrics(run)
+    train = [r for r in records if r.get("type") == "train"]
+    valid = [r for r in records if r.get("type") == "valid"]
+    if not train and not valid:
+        raise DataError(f"{Path(run) / 'metrics.jsonl'}: no train or valid records to plot yet")
+    plt = _pyplot()
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+    if valid:
+        ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="valid loss", ms=3)
+        for name in ("wer", "per", "cer"):
+            if all(name in r for r in valid):
+                ax_err.plot([r["step"] for r in valid], [100 * r[name] for r in valid], "o-", label=name.upper(),
+                            ms=3)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss (nats per token)")
+    ax_loss.legend()
+    ax_err.set_xlabel("step")
+    ax_err.set_ylabel("validation error rate (%)")
+    if ax_err.lines:
+        ax_err.legend()
+    fig.suptitle(str(run), fontsize=10)
+    fig.tight_layout()
+    out = Path(out) if out else Path(run) / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

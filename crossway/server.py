@@ -1,0 +1,407 @@
+"""HTTP serving: `POST /v1/translate`, health probes, the web page at `/`, and the limits that keep it up.
+
+    serve("runs/g2p-rnn", ServeConfig(port=8000))      # what `crossway serve --model runs/g2p-rnn` calls
+
+Request flow: body-size guard (413 before the body is read) -> JSON schema (422) -> limits on inputs, tokens
+and decoding options (422 naming the limit) -> the micro-batcher's bounded queue (429 at once when full) ->
+one model call for requests that arrived together -> response, or 504 at the request's deadline (its queue
+slot is freed). `/health/ready` is 503 until the model is loaded and a warm-up decode has run, 200 while
+serving, and 503 again once SIGTERM starts the drain: new translations are refused with 503, requests in
+flight finish, then the server exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from crossway import __version__
+from crossway.batcher import DeadlineExceeded, MicroBatcher, QueueFull
+from crossway.decoding import DecodeConfig
+from crossway.errors import CrosswayError
+from crossway.inference import Translation, set_threads, translate
+from crossway.training.checkpoint import LoadedModel, load_checkpoint
+
+log = logging.getLogger("crossway.server")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 1_000_000  # 413 above this, before the body is read
+    max_inputs: int = 64  # inputs per request
+    max_input_tokens: int = 0  # tokens per input; 0 = the model's data.max_src_len
+    max_output_tokens: int = 512  # a * longest input + b may not exceed this (nor the model's positions)
+    max_beam_size: int = 16
+    max_queue: int = 64  # requests queued or decoding; 429 beyond
+    max_batch_inputs: int = 64  # inputs per model call
+    batch_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    timeout_s: float = 30.0  # per-request deadline (a request may ask for less): 504 after it
+    drain_timeout_s: float = 60.0  # SIGTERM: how long in-flight work may take before the server exits anyway
+    threads: int = 0  # torch threads; 0 = torch's choice
+    checkpoint: str = "best"
+
+    def __post_init__(self):
+        for name in ("max_body_bytes", "max_inputs", "max_output_tokens", "max_beam_size", "max_queue",
+                     "max_batch_inputs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"serve.{name} must be >= 1, not {getattr(self, name)}")
+        if self.timeout_s <= 0 or self.batch_wait_ms < 0 or self.max_input_tokens < 0:
+            raise ValueError("serve.timeout_s must be > 0, batch_wait_ms and max_input_tokens >= 0")
+
+
+class Engine:
+    """A loaded model and what the server needs to know about it."""
+
+    def __init__(self, loaded: LoadedModel, name: str):
+        self.loaded, self.name = loaded, name
+        cfg = loaded.config
+        self.max_src_len = cfg.data.max_src_len
+        self.max_positions = getattr(cfg.model, "max_positions", None)  # the Transformer's position table
+
+    @classmethod
+    def load(cls, run: str | Path, checkpoint: str = "best") -> Engine:
+        return cls(load_checkpoint(run, checkpoint), Path(run).name)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.loaded.src.encode(text))
+
+    def translate(self, texts: list[str], cfg: DecodeConfig) -> list[Translation]:
+        return translate(self.loaded.model, self.loaded.src, self.loaded.tgt, texts, cfg)
+
+    def info(self) -> dict:
+        cfg = self.loaded.config
+        return {"name": self.name, "arch": cfg.model.arch, "src_tokenizer": cfg.data.src_tokenizer,
+                "tgt_tokenizer": cfg.data.tgt_tokenizer, "decode": dataclasses.asdict(cfg.decode),
+                "attention": _attention_kind(cfg.model)}
+
+    def warm_up(self) -> None:
+        sample = self.loaded.src.tokenizer.detokenize(self.loaded.src.vocab.itos[4:9])
+        self.translate([sample], dataclasses.replace(self.loaded.config.decode, return_attention=True))
+
+
+def _attention_kind(model_cfg) -> dict:
+    if model_cfg.arch == "transformer":
+        return {"layers": model_cfg.dec_layers, "heads": model_cfg.heads}
+    return {"layers": 0, "heads": 0} if getattr(model_cfg, "attention", "none") == "none" else \
+        {"layers": 1, "heads": 1}
+
+
+# --- request and response ---------------------------------------------------------------------------------
+class DecodeOptions(BaseModel):
+    """Overrides of the model's decoding options (see DecodeConfig); unset ones keep the model's values."""
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["greedy", "beam", "sample"] | None = None
+    beam_size: int | None = Field(None, ge=1)
+    n_best: int | None = Field(None, ge=1)
+    length_penalty: float | None = Field(None, ge=0, le=10)
+    max_len_a: float | None = Field(None, ge=0, le=100)
+    max_len_b: int | None = Field(None, ge=0)
+    min_len: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, gt=0, le=100)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    no_repeat_ngram: int | None = Field(None, ge=0, le=10)
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[str] = Field(min_length=1, description="texts to translate")
+    options: DecodeOptions = Field(default_factory=DecodeOptions)
+    return_attention: bool = False
+    timeout_s: float | None = Field(None, gt=0, description="deadline in seconds (at most the server's)")
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra):
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+def output_json(t: Translation, with_attention: bool) -> dict:
+    out = {"text": t.text, "tokens": t.tokens, "score": round(t.score, 6), "finished": t.finished}
+    if with_attention:
+        # rows: output tokens (plus the end token when it was produced), columns: input tokens
+        rows = t.tokens + (["</s>"] if t.finished and t.attention is not None
+                           and t.attention.size(0) > len(t.tokens) else [])
+        att = t.attention
+        out["attention"] = None if att is None else {
+            "src_tokens": t.src_tokens, "tgt_tokens": rows, "shape": list(att.shape),
+            # (T, S) for the RNNs, (T, L, H, S) for the Transformer
+            "weights": [[round(x, 4) for x in r] for r in att.reshape(att.size(0), -1).tolist()]}
+    return out
+
+
+# --- the app ------------------------------------------------------------------------------------------------
+class ServerState:
+    def __init__(self):
+        self.status = "loading"  # loading | ready | draining | failed
+        self.error: str | None = None
+        self.engine: Engine | None = None
+        self.batcher: MicroBatcher | None = None
+        self.inflight = 0  # translate requests being handled
+
+    def idle(self) -> bool:
+        return self.inflight == 0 and (self.batcher is None or self.batcher.pending == 0)
+
+
+def create_app(load: Callable[[], Engine], cfg: ServeConfig = ServeConfig()):
+    """The FastAPI app. `load` runs on a background thread after start-up; readiness waits for it."""
+    state = ServerState()
+    sample_ids = itertools.count()
+
+    def run_batch(texts: list[str], key) -> list[Translation]:
+        return state.engine.translate(texts, key[0])
+
+    def load_model() -> None:
+        try:
+            set_threads(cfg.threads)
+            engine = load()
+            engine.warm_up()
+            state.engine = engine
+            state.batcher = MicroBatcher(run_batch, cfg.max_queue, cfg.max_batch_inputs, cfg.batch_wait_ms / 1000)
+            if state.status == "loading":
+                state.status = "ready"
+            log.info("model %s loaded and warmed up", engine.name)
+        except Exception as e:  # noqa: BLE001 - reported by /health/ready, not a crash
+            state.status, state.error = "failed", f"{type(e).__name__}: {e}"
+            log.error("loading the model failed: %s", state.error)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(target=load_model, name="crossway-load", daemon=True).start()
+        yield
+        if state.batcher is not None:
+            state.batcher.close(timeout=5)
+
+    app = FastAPI(title="crossway", version=__version__, lifespan=lifespan,
+                  description="Encoder-decoder models: translate, transliterate, convert graphemes to phonemes.")
+    app.state.crossway = state
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+                  for e in exc.errors()]
+        first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        message = f"{first['field']}: {first['message']}"
+        if first["field"] == "body" and request.headers.get("content-type", "").split(";")[0] != "application/json":
+            message = "the body must be a JSON object (send it with Content-Type: application/json)"
+        return _error(422, "invalid_request", message, errors=errors)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError):
+        return _error(exc.status, exc.code, exc.message, **exc.extra)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # a bug: say so in JSON, keep serving
+        log.exception("unexpected error")
+        return _error(500, "internal", f"{type(exc).__name__}: {exc}")
+
+    @app.get("/health/live")
+    async def live():
+        return {"status": "live"}
+
+    @app.get("/health/ready")
+    async def ready():
+        body = {"status": state.status}
+        if state.error:
+            body["error"] = state.error
+        return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
+
+    @app.get("/v1/info")
+    async def info():
+        engine = _engine(state)
+        return {**engine.info(), "limits": _limits(cfg, engine)}
+
+    @app.get("/v1/stats")
+    async def stats():
+        b = state.batcher
+        return {"status": state.status, "inflight": state.inflight,
+                "queue": None if b is None else {"pending": b.pending, **dataclasses.asdict(b.stats)}}
+
+    @app.post("/v1/translate")
+    async def translate_route(req: TranslateRequest):
+        engine = _engine(state)
+        state.inflight += 1
+        try:
+            dcfg, timeout = _check(req, engine, cfg)
+            t0 = time.perf_counter()
+            key = (dcfg, next(sample_ids)) if dcfg.strategy == "sample" else (dcfg, None)
+            try:
+                outs = await state.batcher.submit(req.inputs, key, timeout)
+            except QueueFull as e:
+                raise RequestError(429, "queue_full", f"server busy: {e}", limit=cfg.max_queue) from None
+            except DeadlineExceeded:
+                raise RequestError(504, "deadline_exceeded", f"no result within the deadline of {timeout:g} s",
+                                   limit=timeout) from None
+            results = []
+            for t in outs:
+                item = output_json(t, req.return_attention)
+                if t.alternatives:
+                    item["alternatives"] = [output_json(a, req.return_attention) for a in t.alternatives]
+                results.append(item)
+            return {"model": engine.name, "outputs": results,
+                    "time_ms": round(1000 * (time.perf_counter() - t0), 2)}
+        finally:
+            state.inflight -= 1
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(resources.files("crossway").joinpath("web/index.html").read_text(encoding="utf-8"))
+
+    return BodyLimit(app, cfg.max_body_bytes)
+
+
+def _engine(state: ServerState) -> Engine:
+    if state.status != "ready" or state.engine is None:
+        msg = {"loading": "the model is still loading", "draining": "the server is shutting down",
+               "failed": f"the model failed to load: {state.error}"}.get(state.status, state.status)
+        raise RequestError(503, f"not_ready_{state.status}", msg)
+    return state.engine
+
+
+def _limits(cfg: ServeConfig, engine: Engine) -> dict:
+    out_cap = cfg.max_output_tokens
+    if engine.max_positions:
+        out_cap = min(out_cap, engine.max_positions)
+    return {"max_inputs": cfg.max_inputs, "max_input_tokens": cfg.max_input_tokens or engine.max_src_len,
+            "max_output_tokens": out_cap, "max_beam_size": cfg.max_beam_size, "max_body_bytes": cfg.max_body_bytes,
+            "timeout_s": cfg.timeout_s}
+
+
+def _check(req, engine: Engine, cfg: ServeConfig) -> tuple[DecodeConfig, float]:
+    """Every limit a request can break, as a 422 naming it; returns the decoding options and the deadline."""
+    limits = _limits(cfg, engine)
+    if len(req.inputs) > limits["max_inputs"]:
+        raise RequestError(422, "too_many_inputs", f"{len(req.inputs)} inputs, over the limit of "
+                           f"{limits['max_inputs']} per request", field="inputs", limit=limits["max_inputs"])
+    longest = 0
+    for i, text in enumerate(req.inputs):
+        if not text.strip():
+            raise RequestError(422, "empty_input", f"inputs[{i}] is empty", field=f"inputs[{i}]")
+        n = engine.count_tokens(text)
+        if n > limits["max_input_tokens"]:
+            raise RequestError(422, "input_too_long", f"inputs[{i}] has {n} tokens, over the limit of "
+                               f"{limits['max_input_tokens']}", field=f"inputs[{i}]", limit=limits["max_input_tokens"])
+        longest = max(longest, n)
+    options = {k: v for k, v in req.options.model_dump().items() if v is not None}
+    try:
+        dcfg = dataclasses.replace(engine.loaded.config.decode, **options, return_attention=req.return_attention)
+    except (ValueError, TypeError) as e:
+        raise RequestError(422, "invalid_options", str(e), field="options") from None
+    if dcfg.strategy == "beam" and dcfg.beam_size > cfg.max_beam_size:
+        raise RequestError(422, "beam_too_large", f"options.beam_size={dcfg.beam_size} is over the limit of "
+                           f"{cfg.max_beam_size}", field="options.beam_size", limit=cfg.max_beam_size)
+    max_out = int(longest * dcfg.max_len_a) + dcfg.max_len_b
+    if max_out > limits["max_output_tokens"] or dcfg.min_len > max_out:
+        raise RequestError(422, "output_too_long", f"max_len_a * {longest} + max_len_b = {max_out} output tokens "
+                           f"(min_len {dcfg.min_len}); the limit is {limits['max_output_tokens']} and min_len may "
+                           f"not exceed it", field="options", limit=limits["max_output_tokens"])
+    timeout = min(req.timeout_s or cfg.timeout_s, cfg.timeout_s)
+    return dcfg, timeout
+
+
+# --- body size -----------------------------------------------------------------------------------------------
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, by Content-Length before reading anything, or as soon
+    as a streamed (chunked) body passes the limit. Bodies under the limit are read here and handed on whole."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+        self.state = app.state.crossway  # tests and `serve` reach the server state through the wrapper
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._reject(send, f"{int(length)} bytes")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await self._reject(send, f"more than {self.max_bytes} bytes")
+        body, delivered = b"".join(chunks), False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send, size: str):
+        body = json.dumps({"error": {"code": "body_too_large", "message": f"request body of {size} is over "
+                                     f"the limit of {self.max_bytes} bytes", "limit": self.max_bytes}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# --- running it -----------------------------------------------------------------------------------------------
+def serve(run: str | Path, cfg: ServeConfig = ServeConfig(), log_level: str = "info") -> None:
+    """Serve the model in `run` until SIGTERM/SIGINT, then drain (see the module docstring)."""
+    if not Path(run).exists():
+        raise CrosswayError(f"{run}: no such model directory")
+    app = create_app(lambda: Engine.load(run, cfg.checkpoint), cfg)
+    server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
+                                           timeout_graceful_shutdown=cfg.drain_timeout_s),
+                            app.state, cfg.drain_timeout_s)
+    server.run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain: the first SIGTERM/SIGINT marks the server draining (ready -> 503, new
+    translations -> 503), waits until no translation is in flight or queued (at most `drain_timeout_s`), then
+    lets uvicorn shut down. A second signal exits at once."""
+
+    def __init__(self, config, state: ServerState, drain_timeout_s: float):
+        super().__init__(config)
+        self.crossway_state, self.drain_timeout_s = state, drain_timeout_s
+        self._draining = False
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._draining:
+            return super().handle_exit(sig, frame)
+        self._draining = True
+        self.crossway_state.status = "draining"
+        log.info("draining: %d requests in flight", self.crossway_state.inflight)
+
+        def wait_then_exit():
+            until = time.monotonic() + self.drain_timeout_s
+            while not self.crossway_state.idle() and time.monotonic() < until:
+                time.sleep(0.02)
+            time.sleep(0.05)  # let the last responses leave
+            super(DrainingServer, self).handle_exit(sig, frame)
+
+        threading.Thread(target=wait_then_exit, name="crossway-drain", daemon=True).start()
