@@ -272,3 +272,33 @@ def test_serve_cli_names_a_missing_model(tmp_path):
 def test_every_error_body_is_json(rnn_server):
     for r in (rnn_server.get("/nope"), rnn_server.put("/v1/translate", json={})):
         assert r.status_code in (404, 405) and json.loads(r.text)
+
+
+ODD_BODIES = [
+    {"inputs": ["abc"], "options": {"seed": 2 ** 70, "strategy": "sample"}},
+    {"inputs": ["abc"], "options": {"seed": -1, "strategy": "sample"}},
+    {"inputs": ["abc"], "options": {"top_k": 10 ** 9, "strategy": "sample"}},
+    {"inputs": ["abc"], "options": {"strategy": "beam", "beam_size": 10 ** 12}},
+    {"inputs": ["abc"], "options": {"max_len_a": 1e308}},
+    {"inputs": ["abc"], "options": {"length_penalty": float("nan")}},
+    {"inputs": ["abc"], "options": {"temperature": 1e-300, "strategy": "sample"}},
+    {"inputs": ["abc"], "options": {"min_len": 10 ** 6}},
+    {"inputs": ["abc"], "options": {"no_repeat_ngram": 1, "strategy": "beam", "beam_size": 8, "n_best": 8}},
+    {"inputs": ["\u0000\ud7ff\U0010ffff zz"]},
+    {"inputs": ["abc"], "timeout_s": 1e300},
+    {"inputs": ["abc"], "timeout_s": -1},
+    {"inputs": [1, 2]},
+    {"inputs": ["abc"], "options": None},
+    {"inputs": ["abc"], "return_attention": "yes please"},
+    [1, 2, 3],
+    "abc",
+    None,
+]
+
+
+@pytest.mark.parametrize("body", ODD_BODIES, ids=range(len(ODD_BODIES)))
+def test_no_request_produces_a_500(rnn_server, body):
+    r = rnn_server.post("/v1/translate", content=json.dumps(body, allow_nan=True),
+                        headers={"content-type": "application/json"})
+    assert r.status_code in (200, 422), r.text
+    assert r.json()

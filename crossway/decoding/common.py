@@ -42,8 +42,11 @@ class DecodeConfig:
             raise ValueError(f"decode.strategy must be one of {list(STRATEGIES)}, not {self.strategy!r}")
         if self.beam_size < 1 or self.n_best < 1 or self.n_best > max(1, self.beam_size):
             raise ValueError(f"need 1 <= decode.n_best <= decode.beam_size (got {self.n_best}, {self.beam_size})")
-        if not 0 < self.top_p <= 1 or self.temperature <= 0:
-            raise ValueError("decode.top_p must be in (0, 1] and decode.temperature > 0")
+        if not 0 < self.top_p <= 1 or not 1e-3 <= self.temperature <= 1e3:
+            raise ValueError(f"decode.top_p must be in (0, 1] (got {self.top_p}) and decode.temperature in "
+                             f"[0.001, 1000] (got {self.temperature})")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"decode.seed must be in [0, 2**63) (got {self.seed})")
 
 
 @dataclass
