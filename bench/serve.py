@@ -127,7 +127,8 @@ def main() -> None:
     results = [run_config(name, args, inputs) for name in args.configs.split(",")]
     print(f"\n{args.requests} requests, {args.clients} concurrent clients, model {args.model}, options {args.options}, "
           f"server threads {args.threads}\n")
-    print("| configuration | req/s | p50 ms | p90 ms | p99 ms | statuses | lost | model calls | RSS before -> after MiB |")
+    print("| configuration | req/s | p50 ms | p90 ms | p99 ms | statuses | lost | model calls "
+          "| RSS before -> after MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['config']} | {r['rps']:.0f} | {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} | "

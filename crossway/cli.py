@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model from a YAML config")
     tr.add_argument("config", help="YAML file (see configs/)")
     tr.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=3e-4 model.cell=lstm")
-    tr.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from last/")
+    tr.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from last/ (a new run "
+                                                          "when there is none, so job scripts can always pass it)")
     tr.add_argument("--overwrite", action="store_true", help="delete an existing run in train.out_dir first")
     tr.set_defaults(func=_train)
 
@@ -119,8 +120,9 @@ def _data_g2p(args) -> None:
     print(json.dumps(stats, indent=2))
 
 
-def _train(args) -> None:
-    cw.train(cw.load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
+def _train(args) -> int:
+    state = cw.train(cw.load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
+    return 128 + state.signal if state.signal else 0  # stopped by SIGTERM/SIGINT: last/ is saved
 
 
 def _translate(args) -> None:

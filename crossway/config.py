@@ -55,6 +55,10 @@ class TrainConfig:
     schedule: str = "rsqrt"  # rsqrt (inverse square root after warm-up) | cosine | constant
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
+    accum_steps: int = 1  # batches per optimizer update (gradient accumulation; the loss is per target token)
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + grad scaler, GPU only)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
+    max_bad_batches: int = 10  # consecutive batches with a non-finite loss or gradient before training aborts
     max_epochs: int = 100
     max_steps: int = 0  # 0 = no limit; also the length of the cosine schedule (else max_epochs)
     max_minutes: float = 0.0  # wall-clock training budget, validation excluded; 0 = none
@@ -73,7 +77,11 @@ class TrainConfig:
             raise ConfigError(f"train.schedule must be rsqrt, cosine or constant, not {self.schedule!r}")
         if self.metric not in ("wer", "per", "cer", "exact_match", "loss"):
             raise ConfigError(f"train.metric must be wer, per, cer, exact_match or loss, not {self.metric!r}")
-        _positive(self, "train", "max_tokens", "max_epochs", "patience", "log_every")
+        _positive(self, "train", "max_tokens", "max_epochs", "patience", "log_every", "accum_steps", "max_bad_batches")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device must be cpu, cuda, cuda:N or auto, not {self.device!r}")
         if self.scheduled_sampling not in MODES or self.ss_schedule not in SCHEDULES:
             raise ConfigError(f"train.scheduled_sampling must be one of {list(MODES)} and train.ss_schedule one "
                               f"of {list(SCHEDULES)}")

@@ -35,6 +35,12 @@ class Batch:
     def num_tgt_tokens(self) -> int:
         return int((self.tgt_out != PAD_ID).sum())
 
+    def to(self, device: torch.device) -> Batch:
+        if device.type == "cpu":
+            return self
+        return Batch(self.src.to(device), self.src_mask.to(device), self.tgt_in.to(device), self.tgt_out.to(device),
+                     self.lines, self.index)
+
 
 def pad(seqs: Sequence[Sequence[int]], value: int = PAD_ID) -> Tensor:
     """Right-pad lists of ids into a (B, L) long tensor."""

@@ -10,8 +10,11 @@ import json
 import math
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from crossway.inference import set_threads
 from crossway.training.checkpoint import build_model, load_checkpoint, load_trainer_state, save_checkpoint
 from crossway.training.losses import label_smoothed_ce
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
+from crossway.training.precision import Precision
 from crossway.training.scheduled_sampling import training_logits, truth_probability
 
 LOWER_IS_BETTER = {"wer": True, "per": True, "cer": True, "loss": True, "exact_match": False}
@@ -43,7 +47,10 @@ class TrainState:
     best_metric: float | None = None
     best_epoch: int = 0
     bad_validations: int = 0
+    skipped_batches: int = 0  # updates skipped for a non-finite loss or gradient
+    bad_in_row: int = 0
     stop_reason: str = ""
+    signal: int = 0  # the signal that stopped training (not saved)
 
 
 @dataclass
@@ -114,12 +121,20 @@ def validate(model, data: RunData, cfg: RunConfig) -> dict:
     model.eval()
     nll, ntok = 0.0, 0
     for idx in token_budget_batches(data.valid, cfg.train.max_tokens, shuffle=False):
-        b = collate([data.valid[i] for i in idx], idx)
-        _, batch_nll, n = label_smoothed_ce(model(b.src, b.src_mask, b.tgt_in), b.tgt_out, 0.0)
+        b = collate([data.valid[i] for i in idx], idx).to(next(model.parameters()).device)
+        _, batch_nll, n = label_smoothed_ce(model(b.src, b.src_mask, b.tgt_in).float(), b.tgt_out, 0.0)
         nll, ntok = nll + float(batch_nll), ntok + n
     metrics = evaluate_pairs(model, data.src, data.tgt, data.valid_pairs, cfg.decode).metrics
     model.train()
     return {"loss": nll / max(1, ntok), **{k: metrics[k] for k in ("wer", "per", "cer", "exact_match")}}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no GPU is available here (use cpu or auto)")
+    return torch.device(name)
 
 
 def _open_run(out: Path, resume: bool, overwrite: bool) -> None:
@@ -129,7 +144,7 @@ def _open_run(out: Path, resume: bool, overwrite: bool) -> None:
         elif not resume:
             raise CrosswayError(f"{out} already holds a run: resume it (--resume) or start over (--overwrite)")
     elif resume:
-        raise CrosswayError(f"{out}: nothing to resume (no last/ checkpoint)")
+        print(f"nothing to resume in {out} (no last/ checkpoint): starting a new run", flush=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -160,6 +175,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
     tc = cfg.train
     out = Path(tc.out_dir)
     _open_run(out, resume, overwrite)
+    resume = resume and ((out / "last").exists() or (out / "last.old").exists())
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     log = Logger(out / "metrics.jsonl", out / "tensorboard" if cfg.train.tensorboard else None)
     set_threads(tc.threads)
@@ -170,7 +186,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
     data = prepare_data(cfg, (prev.src, prev.tgt) if prev else None, log)
     if prev and asdict(prev.config.model) != asdict(cfg.model):
         raise ConfigError(f"{out}: the model config differs from the checkpoint's; resume with the same model")
-    model = prev.model if prev else build_model(cfg, len(data.src.vocab), len(data.tgt.vocab))
+    device = resolve_device(tc.device)
+    precision = Precision(tc.precision, device)
+    model = (prev.model if prev else build_model(cfg, len(data.src.vocab), len(data.tgt.vocab))).to(device)
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
     fingerprint = data_fingerprint(cfg, data)
     state = TrainState()
@@ -179,7 +197,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
         if saved.get("fingerprint") != fingerprint:
             raise ConfigError(f"{out}: cannot resume: seed, max_tokens or training data changed "
                               f"(checkpoint {saved.get('fingerprint')}, now {fingerprint})")
-        state = TrainState(**{**saved["state"], "stop_reason": ""})
+        state = TrainState(**{**saved["state"], "stop_reason": "", "signal": 0})
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {cfg.model.arch} {n_params:,} parameters; run directory {out}", flush=True)
     log("start", params=n_params, resumed_at_step=state.step if prev else None)
@@ -189,54 +207,142 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
         log.close()
         return state
 
-    total_steps = tc.max_steps or tc.max_epochs * len(token_budget_batches(data.train, tc.max_tokens, True, 0))
+    total_steps = tc.max_steps or tc.max_epochs * math.ceil(
+        len(token_budget_batches(data.train, tc.max_tokens, True, 0)) / tc.accum_steps)
     model.train()
-    while not state.stop_reason:
-        batches = token_budget_batches(data.train, tc.max_tokens, shuffle=True, seed=tc.seed + state.epoch)
-        bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", initial=state.batch_in_epoch, leave=False,
-                   disable=not tc.progress or not sys.stderr.isatty(), mininterval=1.0)
-        tick, window = time.monotonic(), {"loss": 0.0, "tokens": 0, "seconds": 0.0}
-        for idx in batches[state.batch_in_epoch:]:
-            lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps)
-            nll, ntok = _step(model, optimizer, collate([data.train[i] for i in idx], idx), tc, state.step, lr)
-            now = time.monotonic()
-            state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
-            state.train_seconds += now - tick
-            window["loss"] += nll
-            window["tokens"] += ntok
-            window["seconds"] += now - tick
-            tick = now
-            bar.update(1)
-            if state.step % tc.log_every == 0:
-                _log_window(log, bar, state, window, lr)
-            state.stop_reason = _limit(state, tc)
-            if state.stop_reason:
+    with stop_on_signals() as stop:
+        while not state.stop_reason:
+            batches = token_budget_batches(data.train, tc.max_tokens, shuffle=True, seed=tc.seed + state.epoch)
+            bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", initial=state.batch_in_epoch, leave=False,
+                       disable=not tc.progress or not sys.stderr.isatty(), mininterval=1.0)
+            tick, window = time.monotonic(), {"loss": 0.0, "tokens": 0, "seconds": 0.0}
+            while state.batch_in_epoch < len(batches):
+                group = batches[state.batch_in_epoch:state.batch_in_epoch + tc.accum_steps]
+                lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps)
+                result = _step(model, optimizer, [collate([data.train[i] for i in idx], idx).to(device)
+                                                  for idx in group], tc, state.step, lr, precision)
+                now = time.monotonic()
+                state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
+                state.train_seconds += now - tick
+                window["seconds"] += now - tick
+                tick = now
+                bar.update(len(group))
+                if result.skipped:
+                    _skipped(result, state, model, optimizer, data, cfg, log, out, fingerprint)
+                else:
+                    state.bad_in_row = 0
+                    window["loss"] += result.nll
+                    window["tokens"] += result.tokens
+                if state.step % tc.log_every == 0:
+                    _log_window(log, bar, state, window, lr)
+                state.stop_reason = stop.reason or _limit(state, tc)
+                if state.stop_reason:
+                    break
+            bar.close()
+            if stop.reason:  # save where we are (no validation: the scheduler wants us gone) and exit
+                save_checkpoint(out / "last", model, cfg, data.src, data.tgt, optimizer=optimizer,
+                                trainer={"state": asdict(state), "fingerprint": fingerprint})
+                print(f"{stop.reason}: saved {out / 'last'} at step {state.step}; rerun with --resume to continue",
+                      flush=True)
+                state.signal = stop.signum
                 break
-        bar.close()
-        epoch_end = state.batch_in_epoch == len(batches)
-        if epoch_end:
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        _validate_and_save(model, optimizer, data, cfg, state, log, out, epoch_end, fingerprint)
-        state.stop_reason = _limit(state, tc)
-    print(f"stopped: {state.stop_reason}; best {tc.metric} {state.best_metric:.4f} at epoch {state.best_epoch}",
-          flush=True)
-    log("stop", reason=state.stop_reason, step=state.step, train_seconds=round(state.train_seconds, 1))
+            epoch_end = state.batch_in_epoch == len(batches)
+            if epoch_end:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            _validate_and_save(model, optimizer, data, cfg, state, log, out, epoch_end, fingerprint)
+            state.stop_reason = _limit(state, tc)
+    if state.best_metric is not None:
+        print(f"stopped: {state.stop_reason}; best {tc.metric} {state.best_metric:.4f} at epoch {state.best_epoch}",
+              flush=True)
+    log("stop", reason=state.stop_reason, step=state.step, train_seconds=round(state.train_seconds, 1),
+        skipped_batches=state.skipped_batches)
     log.close()
     return state
 
 
-def _step(model, optimizer, b, tc, step: int, lr: float) -> tuple[float, int]:
-    """One optimizer update on batch b -> (summed nll, target tokens)."""
+class _Stop:
+    reason = ""
+    signum = 0
+
+
+@contextmanager
+def stop_on_signals():
+    """While training: the first SIGTERM or SIGINT asks the loop to finish its step, save last/ and return
+    (a second SIGINT interrupts at once). Only in the main thread, where Python delivers signals."""
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.reason and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.reason, stop.signum = f"{signal.Signals(signum).name} received", signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _skipped(result: StepResult, state: TrainState, model, optimizer, data: RunData, cfg: RunConfig, log,
+             out: Path, fingerprint: dict) -> None:
+    """A batch whose loss or gradient was not finite: the update was not applied. Count and log it; too many in a
+    row save a crash checkpoint and abort."""
+    state.skipped_batches += 1
+    state.bad_in_row += 1
+    print(f"step {state.step}: skipped a batch with a {result.skipped} (data lines {result.lines[:10]}"
+          f"{' ...' if len(result.lines) > 10 else ''})", flush=True)
+    log("skip", step=state.step, reason=result.skipped, lines=result.lines, skipped_batches=state.skipped_batches)
+    if state.bad_in_row >= cfg.train.max_bad_batches:
+        save_checkpoint(out / "crash", model, cfg, data.src, data.tgt, optimizer=optimizer,
+                        trainer={"state": asdict(state), "fingerprint": fingerprint})
+        log("stop", reason="non-finite", step=state.step, skipped_batches=state.skipped_batches)
+        log.close()
+        raise CrosswayError(f"{state.bad_in_row} batches in a row had a non-finite loss or gradient (last at step "
+                            f"{state.step}); the model is saved in {out / 'crash'}. Lower train.lr, raise "
+                            f"train.warmup_steps, or check data lines {result.lines[:10]}")
+
+
+@dataclass
+class StepResult:
+    nll: float  # summed over target tokens
+    tokens: int
+    skipped: str  # "" or why the update was skipped
+    lines: list[int]  # data lines of the batch
+
+
+def _step(model, optimizer, batches: list, tc, step: int, lr: float, precision: Precision) -> StepResult:
+    """One optimizer update on one or more batches (gradient accumulation), the loss normalised by all their
+    target tokens. A non-finite loss or gradient skips the update: parameters and optimizer state stay as they
+    were."""
     set_lr(optimizer, lr)
     p_model = 1 - truth_probability(step, tc.ss_schedule, tc.ss_k, tc.ss_floor)
-    logits = training_logits(model, b.src, b.src_mask, b.tgt_in, tc.scheduled_sampling, p_model)
-    loss, nll, ntok = label_smoothed_ce(logits, b.tgt_out, tc.label_smoothing)
+    total = sum(b.num_tgt_tokens for b in batches)
+    lines = [line for b in batches for line in b.lines]
     optimizer.zero_grad(set_to_none=True)
-    (loss / ntok).backward()
-    if tc.clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
-    optimizer.step()
-    return float(nll), ntok
+    nll_sum, skipped = 0.0, ""
+    for b in batches:
+        with precision.autocast():
+            logits = training_logits(model, b.src, b.src_mask, b.tgt_in, tc.scheduled_sampling, p_model)
+        loss, nll, _ = label_smoothed_ce(logits.float(), b.tgt_out, tc.label_smoothing)
+        if not torch.isfinite(loss):
+            skipped = "non-finite loss"
+            break
+        precision.backward(loss / total)
+        nll_sum += float(nll)
+    if not skipped:
+        precision.unscale(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm if tc.clip_norm > 0 else math.inf)
+        if not torch.isfinite(norm) and precision.scaler is None:
+            skipped = "non-finite gradient"
+        else:  # (fp16: the scaler itself skips an overflowing update and lowers its scale)
+            precision.step(optimizer)
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    return StepResult(nll_sum, total, skipped, lines)
 
 
 def _log_window(log, bar, state: TrainState, window: dict, lr: float) -> None:
