@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", help="JSON report path (default: RUN/eval-<data name>.json)")
     ev.add_argument("--hyps", help="also write one hypothesis per distinct input to this file")
     ev.set_defaults(func=_evaluate)
+    av = sub.add_parser("average", help="average the weights of checkpoints of one run into a new checkpoint")
+    av.add_argument("inputs", nargs="+", help="checkpoint directories, or one run directory with --last N")
+    av.add_argument("--last", type=int, help="the newest N of RUN/checkpoints/ (train.keep_checkpoints)")
+    av.add_argument("--out", required=True, help="output checkpoint directory (e.g. RUN/averaged)")
+    av.set_defaults(func=_average)
+
     sv = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn; pip install crossway[serve])")
     sv.add_argument("--model", required=True, help="run directory (or a checkpoint directory)")
     sv.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -159,6 +165,15 @@ def _evaluate(args) -> None:
                                                                           strict=True)), encoding="utf-8")
     print(json.dumps(report, indent=2))
     print(f"report written to {path}", file=sys.stderr)
+
+
+def _average(args) -> None:
+    from crossway.training.average import average_checkpoints, resolve_inputs
+
+    paths = resolve_inputs(args.inputs, args.last)
+    average_checkpoints(paths, args.out)
+    print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) into {args.out}",
+          file=sys.stderr)
 
 
 def _serve(args) -> None:

@@ -58,6 +58,7 @@ class TrainConfig:
     accum_steps: int = 1  # batches per optimizer update (gradient accumulation; the loss is per target token)
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + grad scaler, GPU only)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
+    keep_checkpoints: int = 0  # keep the newest N validation-time checkpoints in RUN/checkpoints/ (to average)
     max_bad_batches: int = 10  # consecutive batches with a non-finite loss or gradient before training aborts
     max_epochs: int = 100
     max_steps: int = 0  # 0 = no limit; also the length of the cosine schedule (else max_epochs)

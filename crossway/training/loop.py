@@ -29,6 +29,7 @@ from crossway.data.tokenizers import TextCodec, Vocab, make_tokenizer
 from crossway.errors import ConfigError, CrosswayError
 from crossway.evaluate import evaluate_pairs
 from crossway.inference import set_threads
+from crossway.training.average import CHECKPOINTS, keep_newest, step_checkpoint_name
 from crossway.training.checkpoint import build_model, load_checkpoint, load_trainer_state, save_checkpoint
 from crossway.training.losses import label_smoothed_ce
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
@@ -373,5 +374,8 @@ def _validate_and_save(model, optimizer, data: RunData, cfg: RunConfig, state: T
         **{k: round(x, 6) for k, x in v.items()})
     if better:
         save_checkpoint(out / "best", model, cfg, data.src, data.tgt)
+    if tc.keep_checkpoints:
+        save_checkpoint(out / CHECKPOINTS / step_checkpoint_name(state.step), model, cfg, data.src, data.tgt)
+        keep_newest(out, tc.keep_checkpoints)
     save_checkpoint(out / "last", model, cfg, data.src, data.tgt,
                     trainer={"state": asdict(state), "fingerprint": fingerprint}, optimizer=optimizer)
