@@ -5,7 +5,7 @@ from crossway.data.g2p import prepare_g2p
 from crossway.data.text import decode_lines, read_lines
 from crossway.decoding import DecodeConfig, greedy_search
 from crossway.errors import CheckpointError, ConfigError, CrosswayError, DataError
-from crossway.evaluate import Evaluation, evaluate_file, evaluate_pairs
+from crossway.evaluate import Evaluation, evaluate_file, evaluate_pairs, score_files
 from crossway.inference import TranslateStats, Translation, set_threads, translate
 from crossway.training.checkpoint import LoadedModel, load_checkpoint
 from crossway.training.loop import train
@@ -15,5 +15,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConfigError", "CrosswayError", "DataError", "DecodeConfig", "Evaluation", "LoadedModel",
     "RunConfig", "TranslateStats", "Translation", "evaluate_file", "evaluate_pairs", "greedy_search", "load_checkpoint",
-    "decode_lines", "decode_overrides", "load_config", "prepare_g2p", "read_lines", "set_threads", "train", "translate",
+    "decode_lines", "decode_overrides", "load_config", "prepare_g2p", "read_lines", "score_files", "set_threads",
+    "train", "translate",
 ]

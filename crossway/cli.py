@@ -62,9 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--max-src-len", type=int, help="longest input in tokens (default: the model's data.max_src_len)")
     tl.set_defaults(func=_translate)
 
-    ev = sub.add_parser("evaluate", help="decode a data file and score it (WER, PER, CER, exact match)")
-    _model_args(ev)
-    ev.add_argument("--data", required=True, help="data file in the run's format (e.g. test.tsv)")
+    ev = sub.add_parser("evaluate", help="decode a data file and score it (WER, PER, CER, exact match; BLEU, chrF "
+                                         "and TER with sacrebleu), or score a hypothesis file (--score)")
+    _model_args(ev, required=False)
+    ev.add_argument("--data", help="data file in the run's format (e.g. test.tsv)")
+    ev.add_argument("--score", metavar="HYP", help="score this hypothesis file against --ref files instead")
+    ev.add_argument("--ref", action="append", default=[], help="reference file, line-aligned with --score "
+                                                                "(repeat for several references)")
     ev.add_argument("--report", help="JSON report path (default: RUN/eval-<data name>.json)")
     ev.add_argument("--hyps", help="also write one hypothesis per distinct input to this file")
     ev.set_defaults(func=_evaluate)
@@ -107,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="run directory (or a checkpoint directory)")
+def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="run directory (or a checkpoint directory)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--max-tokens", type=int, help="token budget of a decoding batch")
@@ -153,6 +157,14 @@ def _translate(args) -> None:
 
 
 def _evaluate(args) -> None:
+    if args.score:
+        if not args.ref or args.model or args.data:
+            raise cw.ConfigError("--score HYP takes --ref REF (one or more) and no --model or --data")
+        report = {"hypotheses": args.score, "references": args.ref, **cw.score_files(args.score, args.ref)}
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    if not args.model or not args.data:
+        raise cw.ConfigError("evaluate needs --model RUN and --data FILE (or --score HYP --ref REF)")
     cw.set_threads(args.threads)
     loaded = cw.load_checkpoint(args.model, args.checkpoint)
     cfg = _decode_cfg(args, loaded)

@@ -15,6 +15,7 @@ import yaml
 
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError
+from crossway.metrics import sacrebleu_available
 from crossway.models import MODELS
 from crossway.training.scheduled_sampling import MODES, SCHEDULES
 
@@ -64,7 +65,7 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit; also the length of the cosine schedule (else max_epochs)
     max_minutes: float = 0.0  # wall-clock training budget, validation excluded; 0 = none
     patience: int = 8  # early stopping: validations without improvement of `metric`
-    metric: str = "wer"  # wer | per | cer | exact_match | loss
+    metric: str = "wer"  # wer | per | cer | exact_match | loss | bleu | chrf | ter (early stopping and best/)
     log_every: int = 100  # steps between metric log lines
     progress: bool = True  # progress bar on stderr (when it is a terminal)
     tensorboard: bool = False  # also log train/valid numbers to RUN/tensorboard (pip install crossway[tensorboard])
@@ -76,8 +77,11 @@ class TrainConfig:
     def __post_init__(self):
         if self.schedule not in ("rsqrt", "cosine", "constant"):
             raise ConfigError(f"train.schedule must be rsqrt, cosine or constant, not {self.schedule!r}")
-        if self.metric not in ("wer", "per", "cer", "exact_match", "loss"):
-            raise ConfigError(f"train.metric must be wer, per, cer, exact_match or loss, not {self.metric!r}")
+        if self.metric not in ("wer", "per", "cer", "exact_match", "loss", "bleu", "chrf", "ter"):
+            raise ConfigError(f"train.metric must be wer, per, cer, exact_match, loss, bleu, chrf or ter, not "
+                              f"{self.metric!r}")
+        if self.metric in ("bleu", "chrf", "ter") and not sacrebleu_available():
+            raise ConfigError(f"train.metric={self.metric} needs sacrebleu: pip install crossway[mt]")
         _positive(self, "train", "max_tokens", "max_epochs", "patience", "log_every", "accum_steps", "max_bad_batches")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be fp32, bf16 or fp16, not {self.precision!r}")

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from crossway.data.text import Pair, read_corpus
+from crossway.data.text import Pair, read_corpus, read_lines
 from crossway.data.tokenizers import TextCodec
 from crossway.decoding import DecodeConfig
 from crossway.errors import DataError
 from crossway.inference import TranslateStats, translate
-from crossway.metrics import error_rates
+from crossway.metrics import error_rates, sacrebleu_available, sacrebleu_scores
 from crossway.training.checkpoint import LoadedModel
 
 
@@ -38,8 +38,26 @@ def evaluate_pairs(model: nn.Module, src: TextCodec, tgt: TextCodec, pairs: list
     outs = translate(model, src, tgt, sources, cfg, max_src_len, stats)
     tok = tgt.tokenizer.tokenize
     metrics = error_rates([o.tokens for o in outs], [[tok(r) for r in rs] for rs in references])
+    hyps = [o.text for o in outs]
+    if sacrebleu_available():
+        metrics.update(sacrebleu_scores(hyps, references))
     metrics.update(unknown_input_tokens=stats.unknown_tokens, unfinished=stats.unfinished)
-    return Evaluation(metrics, sources, references, [o.text for o in outs])
+    return Evaluation(metrics, sources, references, hyps)
+
+
+def score_files(hyp_path: str, ref_paths: list[str]) -> dict:
+    """Score a hypothesis file against line-aligned reference files: BLEU / chrF / TER (sacrebleu, with
+    signatures) and the error rates on whitespace tokens. Files with different line counts are refused."""
+    hyps = read_lines(hyp_path)
+    refs_by_file = [read_lines(p) for p in ref_paths]
+    for path, refs in zip(ref_paths, refs_by_file, strict=True):
+        if len(refs) != len(hyps):
+            raise DataError(f"{hyp_path} has {len(hyps)} lines but {path} has {len(refs)}: hypotheses and "
+                            f"references must be line-aligned ({len(hyps)} != {len(refs)})")
+    refs = [list(rs) for rs in zip(*refs_by_file, strict=True)]
+    metrics = sacrebleu_scores(hyps, refs)
+    metrics.update(error_rates([h.split() for h in hyps], [[r.split() for r in rs] for rs in refs]))
+    return metrics
 
 
 def evaluate_file(loaded: LoadedModel, path: str, cfg: DecodeConfig | None = None) -> Evaluation:

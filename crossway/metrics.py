@@ -52,3 +52,33 @@ def error_rates(hyps: Sequence[list[str]], refs: Sequence[Sequence[list[str]]]) 
         "cer": chr_err / max(1, chr_len),
         "exact_match": 1 - wrong / n,
     }
+
+
+SACREBLEU_METRICS = ("bleu", "chrf", "ter")
+
+
+def sacrebleu_available() -> bool:
+    try:
+        import sacrebleu  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def sacrebleu_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict:
+    """Corpus BLEU, chrF and TER of detokenized text through sacrebleu (default settings: 13a tokenization,
+    mixed case), with their signatures. refs[i] lists the references of hyps[i]; inputs with fewer references
+    repeat their first, which changes none of the three scores (each takes the best match over references)."""
+    try:
+        from sacrebleu.metrics import BLEU, CHRF, TER
+    except ImportError as e:
+        raise ImportError("BLEU, chrF and TER need sacrebleu: pip install crossway[mt]") from e
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} reference sets")
+    width = max((len(r) for r in refs), default=1)
+    streams = [[r[k] if k < len(r) else r[0] for r in refs] for k in range(width)]
+    out: dict = {"signatures": {}}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
+        out[name] = metric.corpus_score(list(hyps), streams).score
+        out["signatures"][name] = str(metric.get_signature())
+    return out

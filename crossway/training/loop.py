@@ -36,7 +36,8 @@ from crossway.training.optim import build_optimizer, lr_factor, set_lr
 from crossway.training.precision import Precision
 from crossway.training.scheduled_sampling import training_logits, truth_probability
 
-LOWER_IS_BETTER = {"wer": True, "per": True, "cer": True, "loss": True, "exact_match": False}
+LOWER_IS_BETTER = {"wer": True, "per": True, "cer": True, "loss": True, "exact_match": False, "bleu": False,
+                   "chrf": False, "ter": True}
 
 
 @dataclass
@@ -127,7 +128,7 @@ def validate(model, data: RunData, cfg: RunConfig) -> dict:
         nll, ntok = nll + float(batch_nll), ntok + n
     metrics = evaluate_pairs(model, data.src, data.tgt, data.valid_pairs, cfg.decode).metrics
     model.train()
-    return {"loss": nll / max(1, ntok), **{k: metrics[k] for k in ("wer", "per", "cer", "exact_match")}}
+    return {"loss": nll / max(1, ntok), **{k: metrics[k] for k in LOWER_IS_BETTER if k in metrics}}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -368,8 +369,8 @@ def _validate_and_save(model, optimizer, data: RunData, cfg: RunConfig, state: T
         state.best_metric, state.best_epoch, state.bad_validations = value, state.epoch, 0
     elif epoch_end:
         state.bad_validations += 1
-    print(f"epoch {state.epoch} step {state.step}: valid loss {v['loss']:.4f} wer {v['wer']:.4f} "
-          f"per {v['per']:.4f}{' (best)' if better else ''}", flush=True)
+    shown = " ".join(f"{k} {v[k]:.4f}" for k in ("loss", "wer", "per", "bleu", "chrf") if k in v)
+    print(f"epoch {state.epoch} step {state.step}: valid {shown}{' (best)' if better else ''}", flush=True)
     log("valid", step=state.step, epoch=state.epoch, best=better, train_seconds=round(state.train_seconds, 1),
         **{k: round(x, 6) for k, x in v.items()})
     if better:

@@ -71,3 +71,12 @@ def test_resume_refuses_a_changed_batch_order(reversal_data, tmp_path):
     train(tiny_config(reversal_data, tmp_path / "r", train={"max_epochs": 1}))
     with pytest.raises(CrosswayError, match="max_tokens"):
         train(tiny_config(reversal_data, tmp_path / "r", train={"max_epochs": 2, "max_tokens": 500}), resume=True)
+
+
+def test_best_checkpoint_by_bleu(reversal_data, tmp_path):
+    pytest.importorskip("sacrebleu")
+    state = train(tiny_config(reversal_data, tmp_path / "r", train={"max_epochs": 2, "metric": "bleu"}))
+    valid = [r for r in map(json.loads, (tmp_path / "r" / "metrics.jsonl").read_text().splitlines())
+             if r["type"] == "valid"]
+    assert all({"bleu", "chrf", "ter"} <= r.keys() for r in valid)
+    assert state.best_metric == max(r["bleu"] for r in valid)
