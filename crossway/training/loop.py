@@ -6,8 +6,10 @@ data reports, training progress, validations), best/ and last/ checkpoints (see 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -31,11 +33,13 @@ from crossway.evaluate import evaluate_pairs
 from crossway.inference import set_threads
 from crossway.training.average import CHECKPOINTS, keep_newest, step_checkpoint_name
 from crossway.training.checkpoint import build_model, load_checkpoint, load_trainer_state, save_checkpoint
+from crossway.training.distributed import Dist, init_distributed, shutdown
 from crossway.training.losses import label_smoothed_ce
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
 from crossway.training.precision import Precision
 from crossway.training.scheduled_sampling import training_logits, truth_probability
 
+ONE_PROCESS = Dist()
 LOWER_IS_BETTER = {"wer": True, "per": True, "cer": True, "loss": True, "exact_match": False, "bleu": False,
                    "chrf": False, "ter": True}
 
@@ -173,22 +177,46 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
     """Train the model `cfg` describes; checkpoints and logs go to cfg.train.out_dir.
 
     With `resume`, training continues from out_dir/last exactly where it was saved (model, optimizer, RNG,
-    position in the epoch) under this config's limits; the model config and batch order must be unchanged."""
+    position in the epoch) under this config's limits; the model config and batch order must be unchanged.
+    Under torchrun, each process trains its share of every update (see distributed.py); rank 0 writes."""
+    d = init_distributed(cfg.train.device)
+    try:
+        with contextlib.ExitStack() as stack:
+            if not d.main:  # one voice: only rank 0 prints
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            return _train(cfg, resume, overwrite, d)
+    finally:
+        shutdown(d)
+
+
+class _NoLog:
+    def __call__(self, kind: str, **record) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState:
     tc = cfg.train
     out = Path(tc.out_dir)
-    _open_run(out, resume, overwrite)
+    if d.main:
+        _open_run(out, resume, overwrite)
+    d.barrier()
     resume = resume and ((out / "last").exists() or (out / "last.old").exists())
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    log = Logger(out / "metrics.jsonl", out / "tensorboard" if cfg.train.tensorboard else None)
+    if d.main:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    log = Logger(out / "metrics.jsonl", out / "tensorboard" if cfg.train.tensorboard else None) if d.main \
+        else _NoLog()
     set_threads(tc.threads)
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
     random.seed(tc.seed)
 
     prev = load_checkpoint(out, "last") if resume else None
     data = prepare_data(cfg, (prev.src, prev.tgt) if prev else None, log)
     if prev and asdict(prev.config.model) != asdict(cfg.model):
         raise ConfigError(f"{out}: the model config differs from the checkpoint's; resume with the same model")
-    device = resolve_device(tc.device)
+    device = resolve_device(f"cuda:{d.local_rank}" if d.active and tc.device != "cpu" else tc.device)
     precision = Precision(tc.precision, device)
     model = (prev.model if prev else build_model(cfg, len(data.src.vocab), len(data.tgt.vocab))).to(device)
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
@@ -200,6 +228,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
             raise ConfigError(f"{out}: cannot resume: seed, max_tokens or training data changed "
                               f"(checkpoint {saved.get('fingerprint')}, now {fingerprint})")
         state = TrainState(**{**saved["state"], "stop_reason": "", "signal": 0})
+    if d.rank:  # dropout differs between ranks (and after a resume, which restores rank 0's RNG everywhere)
+        torch.manual_seed(tc.seed * 1_000_003 + d.rank * 7919 + state.step)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {cfg.model.arch} {n_params:,} parameters; run directory {out}", flush=True)
     log("start", params=n_params, resumed_at_step=state.step if prev else None)
@@ -209,8 +239,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
         log.close()
         return state
 
+    per_update = tc.accum_steps * d.world  # batches consumed by one update, all ranks together
     total_steps = tc.max_steps or tc.max_epochs * math.ceil(
-        len(token_budget_batches(data.train, tc.max_tokens, True, 0)) / tc.accum_steps)
+        len(token_budget_batches(data.train, tc.max_tokens, True, 0)) / per_update)
     model.train()
     with stop_on_signals() as stop:
         while not state.stop_reason:
@@ -219,10 +250,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
                        disable=not tc.progress or not sys.stderr.isatty(), mininterval=1.0)
             tick, window = time.monotonic(), {"loss": 0.0, "tokens": 0, "seconds": 0.0}
             while state.batch_in_epoch < len(batches):
-                group = batches[state.batch_in_epoch:state.batch_in_epoch + tc.accum_steps]
+                group = batches[state.batch_in_epoch:state.batch_in_epoch + per_update]
                 lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps)
                 result = _step(model, optimizer, [collate([data.train[i] for i in idx], idx).to(device)
-                                                  for idx in group], tc, state.step, lr, precision)
+                                                  for idx in d.shard(group)], tc, state.step, lr, precision, d)
                 now = time.monotonic()
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
                 state.train_seconds += now - tick
@@ -230,20 +261,24 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
                 tick = now
                 bar.update(len(group))
                 if result.skipped:
-                    _skipped(result, state, model, optimizer, data, cfg, log, out, fingerprint)
+                    _skipped(result, state, model, optimizer, data, cfg, log, out, fingerprint, d)
                 else:
                     state.bad_in_row = 0
                     window["loss"] += result.nll
                     window["tokens"] += result.tokens
                 if state.step % tc.log_every == 0:
                     _log_window(log, bar, state, window, lr)
-                state.stop_reason = stop.reason or _limit(state, tc)
+                signalled, limited = d.any(bool(stop.reason), bool(_limit(state, tc)))  # all ranks agree
+                if signalled:
+                    stop.reason = stop.reason or "a signal to another rank"
+                state.stop_reason = stop.reason or ((_limit(state, tc) or "a limit on another rank") if limited else "")
                 if state.stop_reason:
                     break
             bar.close()
             if stop.reason:  # save where we are (no validation: the scheduler wants us gone) and exit
-                save_checkpoint(out / "last", model, cfg, data.src, data.tgt, optimizer=optimizer,
-                                trainer={"state": asdict(state), "fingerprint": fingerprint})
+                if d.main:
+                    save_checkpoint(out / "last", model, cfg, data.src, data.tgt, optimizer=optimizer,
+                                    trainer={"state": asdict(state), "fingerprint": fingerprint})
                 print(f"{stop.reason}: saved {out / 'last'} at step {state.step}; rerun with --resume to continue",
                       flush=True)
                 state.signal = stop.signum
@@ -251,8 +286,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
             epoch_end = state.batch_in_epoch == len(batches)
             if epoch_end:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            _validate_and_save(model, optimizer, data, cfg, state, log, out, epoch_end, fingerprint)
-            state.stop_reason = _limit(state, tc)
+            _validate_and_save(model, optimizer, data, cfg, state, log, out, epoch_end, fingerprint, d.main)
+            (limited,) = d.any(bool(_limit(state, tc)))
+            state.stop_reason = (_limit(state, tc) or "a limit on another rank") if limited else ""
     if state.best_metric is not None:
         print(f"stopped: {state.stop_reason}; best {tc.metric} {state.best_metric:.4f} at epoch {state.best_epoch}",
               flush=True)
@@ -290,7 +326,7 @@ def stop_on_signals():
 
 
 def _skipped(result: StepResult, state: TrainState, model, optimizer, data: RunData, cfg: RunConfig, log,
-             out: Path, fingerprint: dict) -> None:
+             out: Path, fingerprint: dict, d: Dist) -> None:
     """A batch whose loss or gradient was not finite: the update was not applied. Count and log it; too many in a
     row save a crash checkpoint and abort."""
     state.skipped_batches += 1
@@ -299,8 +335,9 @@ def _skipped(result: StepResult, state: TrainState, model, optimizer, data: RunD
           f"{' ...' if len(result.lines) > 10 else ''})", flush=True)
     log("skip", step=state.step, reason=result.skipped, lines=result.lines, skipped_batches=state.skipped_batches)
     if state.bad_in_row >= cfg.train.max_bad_batches:
-        save_checkpoint(out / "crash", model, cfg, data.src, data.tgt, optimizer=optimizer,
-                        trainer={"state": asdict(state), "fingerprint": fingerprint})
+        if d.main:
+            save_checkpoint(out / "crash", model, cfg, data.src, data.tgt, optimizer=optimizer,
+                            trainer={"state": asdict(state), "fingerprint": fingerprint})
         log("stop", reason="non-finite", step=state.step, skipped_batches=state.skipped_batches)
         log.close()
         raise CrosswayError(f"{state.bad_in_row} batches in a row had a non-finite loss or gradient (last at step "
@@ -316,13 +353,14 @@ class StepResult:
     lines: list[int]  # data lines of the batch
 
 
-def _step(model, optimizer, batches: list, tc, step: int, lr: float, precision: Precision) -> StepResult:
+def _step(model, optimizer, batches: list, tc, step: int, lr: float, precision: Precision,
+          d: Dist = ONE_PROCESS) -> StepResult:
     """One optimizer update on one or more batches (gradient accumulation), the loss normalised by all their
     target tokens. A non-finite loss or gradient skips the update: parameters and optimizer state stay as they
     were."""
     set_lr(optimizer, lr)
     p_model = 1 - truth_probability(step, tc.ss_schedule, tc.ss_k, tc.ss_floor)
-    total = sum(b.num_tgt_tokens for b in batches)
+    total = int(d.sum(sum(b.num_tgt_tokens for b in batches)))  # of the whole update, all ranks
     lines = [line for b in batches for line in b.lines]
     optimizer.zero_grad(set_to_none=True)
     nll_sum, skipped = 0.0, ""
@@ -335,7 +373,10 @@ def _step(model, optimizer, batches: list, tc, step: int, lr: float, precision: 
             break
         precision.backward(loss / total)
         nll_sum += float(nll)
+    (bad,) = d.any(bool(skipped))
+    skipped = skipped or ("non-finite loss on another rank" if bad else "")
     if not skipped:
+        d.reduce_gradients(model)
         precision.unscale(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm if tc.clip_norm > 0 else math.inf)
         if not torch.isfinite(norm) and precision.scaler is None:
@@ -344,7 +385,7 @@ def _step(model, optimizer, batches: list, tc, step: int, lr: float, precision: 
             precision.step(optimizer)
     if skipped:
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(nll_sum, total, skipped, lines)
+    return StepResult(d.sum(nll_sum), total, skipped, lines)
 
 
 def _log_window(log, bar, state: TrainState, window: dict, lr: float) -> None:
@@ -357,7 +398,7 @@ def _log_window(log, bar, state: TrainState, window: dict, lr: float) -> None:
 
 
 def _validate_and_save(model, optimizer, data: RunData, cfg: RunConfig, state: TrainState, log, out: Path,
-                       epoch_end: bool, fingerprint: dict):
+                       epoch_end: bool, fingerprint: dict, write: bool = True):
     """Validate, save `best` when the metric improves and `last` always. Only validations at the end of an
     epoch count towards early stopping, so stopping mid-epoch and resuming does not change when it stops."""
     tc = cfg.train
@@ -373,6 +414,8 @@ def _validate_and_save(model, optimizer, data: RunData, cfg: RunConfig, state: T
     print(f"epoch {state.epoch} step {state.step}: valid {shown}{' (best)' if better else ''}", flush=True)
     log("valid", step=state.step, epoch=state.epoch, best=better, train_seconds=round(state.train_seconds, 1),
         **{k: round(x, 6) for k, x in v.items()})
+    if not write:  # another rank than 0: same numbers, nothing to write
+        return
     if better:
         save_checkpoint(out / "best", model, cfg, data.src, data.tgt)
     if tc.keep_checkpoints:
