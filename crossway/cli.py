@@ -66,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", help="JSON report path (default: RUN/eval-<data name>.json)")
     ev.add_argument("--hyps", help="also write one hypothesis per distinct input to this file")
     ev.set_defaults(func=_evaluate)
+
+    cv = sub.add_parser("convert", help="Hugging Face MarianMT / BART directory <-> crossway run")
+    way = cv.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-hf", metavar="DIR", help="local HF model directory (config.json, model.safetensors or "
+                                                      "pytorch_model.bin, tokenizer files) -> crossway run --out")
+    way.add_argument("--to-hf", metavar="RUN", help="crossway run (or checkpoint) -> HF directory --out")
+    cv.add_argument("--out", required=True, help="the run (--from-hf) or HF directory (--to-hf) to write")
+    cv.add_argument("--checkpoint", default="best", choices=["best", "last"], help="with --to-hf")
+    cv.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    cv.set_defaults(func=_convert)
     return p
 
 
@@ -126,3 +136,10 @@ def _evaluate(args) -> None:
                                                                           strict=True)), encoding="utf-8")
     print(json.dumps(report, indent=2))
     print(f"report written to {path}", file=sys.stderr)
+
+
+def _convert(args) -> None:
+    if args.from_hf:
+        print(f"imported {args.from_hf} -> {cw.import_hf(args.from_hf, args.out, overwrite=args.overwrite)}")
+    else:
+        print(f"exported {args.to_hf} -> {cw.export_hf(args.to_hf, args.out, args.checkpoint, args.overwrite)}")
