@@ -415,6 +415,8 @@ def _hf_config(cfg: TransformerConfig, mtype: str, V_hf: int, ids: dict, meta: d
         "is_encoder_decoder": True})
     if mtype == "marian":
         base.update(share_encoder_decoder_embeddings=cfg.share_embeddings, decoder_vocab_size=V_hf)
+    else:  # fairseq-era BART keys that transformers ignores but ct2-transformers-converter reads
+        base.update(normalize_before=False, add_final_layer_norm=False, normalize_embedding=True)
     if not meta:
         base.update(forced_eos_token_id=None, bos_token_id=None)
     return base
