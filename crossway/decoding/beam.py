@@ -4,7 +4,7 @@ Ba sentences still searching, K beam size, rows = Ba * K (sentence-major: row i*
 t steps so far. Memory is repeated K times per sentence once; state, tokens and scores are reordered every
 step with `select_batch`, and sentences that are done leave the batch.
 
-Two rule sets (`DecodeConfig.beam_rules`); they differ only in how hypotheses are normalized and ranked:
+Two rule sets (`DecodeConfig.beam_rules`), differing in how hypotheses are normalized, ranked and stopped:
   crossway  score / ((5 + |Y|) / 6) ** alpha; hypotheses that reach eos rank before those the length limit cut
             (which only fill the n-best list when too few reached eos); without early stopping a sentence ends
             when no live beam can beat the worst of its K best finished ones even at the length limit (exact
