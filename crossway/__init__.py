@@ -6,6 +6,7 @@ from crossway.data.text import decode_lines, read_lines
 from crossway.decoding import DecodeConfig, greedy_search
 from crossway.errors import CheckpointError, ConfigError, CrosswayError, DataError
 from crossway.evaluate import Evaluation, evaluate_file, evaluate_pairs, score_files
+from crossway.hf import export_hf, import_hf
 from crossway.inference import TranslateStats, Translation, set_threads, translate
 from crossway.training.checkpoint import LoadedModel, load_checkpoint
 from crossway.training.loop import train
@@ -15,6 +16,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ConfigError", "CrosswayError", "DataError", "DecodeConfig", "Evaluation", "LoadedModel",
     "RunConfig", "TranslateStats", "Translation", "evaluate_file", "evaluate_pairs", "greedy_search", "load_checkpoint",
-    "decode_lines", "decode_overrides", "load_config", "prepare_g2p", "read_lines", "score_files", "set_threads",
-    "train", "translate",
+    "decode_lines", "decode_overrides", "export_hf", "import_hf", "load_config", "prepare_g2p", "read_lines",
+    "score_files", "set_threads", "train", "translate",
 ]

@@ -108,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("run")
     pc.add_argument("--out", help="PNG path (default: RUN/curves.png)")
     pc.set_defaults(func=_plot_curves)
+
+    cv = sub.add_parser("convert", help="Hugging Face MarianMT / BART directory <-> crossway run")
+    way = cv.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-hf", metavar="DIR", help="local HF model directory (config.json, model.safetensors or "
+                                                      "pytorch_model.bin, tokenizer files) -> crossway run --out")
+    way.add_argument("--to-hf", metavar="RUN", help="crossway run (or checkpoint) -> HF directory --out")
+    cv.add_argument("--out", required=True, help="the run (--from-hf) or HF directory (--to-hf) to write")
+    cv.add_argument("--checkpoint", default="best", choices=["best", "last"], help="with --to-hf")
+    cv.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    cv.set_defaults(func=_convert)
     return p
 
 
@@ -214,3 +224,10 @@ def _plot_curves(args) -> None:
 
     path = plot_curves(args.run, args.out)
     print(f"training curves written to {path}", file=sys.stderr)
+
+
+def _convert(args) -> None:
+    if args.from_hf:
+        print(f"imported {args.from_hf} -> {cw.import_hf(args.from_hf, args.out, overwrite=args.overwrite)}")
+    else:
+        print(f"exported {args.to_hf} -> {cw.export_hf(args.to_hf, args.out, args.checkpoint, args.overwrite)}")

@@ -2,15 +2,19 @@
 
 A tokenizer turns a string into a list of token strings and back; a `Vocab` maps token strings to ids.
 Both are saved with the model as plain JSON (`to_dict` / `from_dict`), so a checkpoint needs no side files.
+The subword tokenizers of imported Hugging Face models (SentencePiece for Marian, byte-level BPE for BART) keep
+their model in that JSON too; their packages are imported only when such a tokenizer is first used.
 """
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
-from crossway.errors import ConfigError
+from crossway.errors import CheckpointError, ConfigError
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
@@ -79,6 +83,9 @@ class CharTokenizer:
     def detokenize(self, tokens: list[str]) -> str:
         return "".join(tokens)
 
+    def to_dict(self) -> dict:
+        return {"tokenizer": self.kind, "lowercase": self.lowercase}
+
 
 @dataclass(frozen=True)
 class WordTokenizer:
@@ -93,6 +100,85 @@ class WordTokenizer:
     def detokenize(self, tokens: list[str]) -> str:
         return " ".join(tokens)
 
+    def to_dict(self) -> dict:
+        return {"tokenizer": self.kind, "lowercase": self.lowercase}
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"this model's tokenizer needs the package {module!r}: pip install 'crossway[hf]'") from None
+
+
+@dataclass(frozen=True, eq=False)
+class SentencePieceTokenizer:
+    """SentencePiece (Kudo & Richardson 2018) from a serialized model, as Marian uses it. A leading language code
+    such as ">>fra<<" stays one token (as in Hugging Face's MarianTokenizer). `prefix` tokens start every
+    encoded text and `add_eos` ends it with eos (Marian sources end with eos); `detokenize` drops both and the
+    special tokens. Empty text has no tokens (and so no prefix or eos; translate gives "" for it)."""
+
+    model: bytes
+    prefix: tuple[str, ...] = ()
+    add_eos: bool = False
+    kind: str = field(default="sentencepiece", init=False)
+    lowercase: bool = field(default=False, init=False)
+
+    @cached_property
+    def _sp(self):
+        sp = _require("sentencepiece").SentencePieceProcessor()
+        sp.LoadFromSerializedProto(self.model)
+        return sp
+
+    def tokenize(self, text: str) -> list[str]:
+        code = []
+        if text.startswith(">>") and (end := text.find("<<")) != -1:
+            code, text = [text[: end + 2]], text[end + 2:]
+        pieces = [*code, *self._sp.encode(text, out_type=str)]
+        return [*self.prefix, *pieces] if pieces else []
+
+    def detokenize(self, tokens: list[str]) -> str:
+        return self._sp.decode_pieces([t for t in tokens if t not in SPECIALS and t not in self.prefix])
+
+    def to_dict(self) -> dict:
+        return {"tokenizer": self.kind, "model": base64.b64encode(self.model).decode("ascii"),
+                "prefix": list(self.prefix), "add_eos": self.add_eos}
+
+
+@dataclass(frozen=True, eq=False)
+class ByteLevelBPETokenizer:
+    """Byte-level BPE (Radford et al. 2019) as BART and RoBERTa use it: GPT-2 pre-tokenization without a prefix
+    space, merges applied in rank order. The vocabulary is the one the tokenizer is paired with (`tokens`).
+    `prefix` and `add_eos` as for SentencePieceTokenizer (BART: prefix "<s>", sources end with eos)."""
+
+    merges: tuple[str, ...]
+    tokens: tuple[str, ...]
+    prefix: tuple[str, ...] = ()
+    add_eos: bool = False
+    kind: str = field(default="bytelevel_bpe", init=False)
+    lowercase: bool = field(default=False, init=False)
+
+    @cached_property
+    def _bpe(self):
+        tk = _require("tokenizers")
+        bpe = tk.models.BPE({t: i for i, t in enumerate(self.tokens)}, [tuple(m.split(" ")) for m in self.merges],
+                            continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+        tok = tk.Tokenizer(bpe)
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = tk.decoders.ByteLevel()
+        return tok
+
+    def tokenize(self, text: str) -> list[str]:
+        pieces = self._bpe.encode(text, add_special_tokens=False).tokens
+        return [*self.prefix, *pieces] if pieces else []
+
+    def detokenize(self, tokens: list[str]) -> str:
+        return self._bpe.decoder.decode([t for t in tokens if t not in SPECIALS and t not in self.prefix])
+
+    def to_dict(self) -> dict:
+        return {"tokenizer": self.kind, "merges": list(self.merges), "prefix": list(self.prefix),
+                "add_eos": self.add_eos}
+
 
 TOKENIZERS = {"char": CharTokenizer, "word": WordTokenizer}
 
@@ -103,22 +189,52 @@ def make_tokenizer(kind: str, lowercase: bool = False) -> CharTokenizer | WordTo
     return TOKENIZERS[kind](lowercase=lowercase)
 
 
+@dataclass(frozen=True)
+class MissingTokenizer:
+    """Stands in for the tokenizer of a model imported without its tokenizer files: ids work, text does not."""
+
+    reason: str
+    kind: str = field(default="missing", init=False)
+    lowercase: bool = field(default=False, init=False)
+
+    def tokenize(self, text: str) -> list[str]:
+        raise CheckpointError(f"this model has no tokenizer: {self.reason}")
+
+    detokenize = tokenize
+
+    def to_dict(self) -> dict:
+        return {"tokenizer": self.kind, "reason": self.reason}
+
+
+Tokenizer = CharTokenizer | WordTokenizer | SentencePieceTokenizer | ByteLevelBPETokenizer | MissingTokenizer
+
+
 @dataclass
 class TextCodec:
-    """A tokenizer plus its vocabulary: string <-> list of ids (without bos/eos)."""
+    """A tokenizer plus its vocabulary: string <-> list of ids (without bos; with eos only where the tokenizer
+    asks for it, as the sources of imported Hugging Face models do). Text that yields no token encodes to []."""
 
-    tokenizer: CharTokenizer | WordTokenizer
+    tokenizer: Tokenizer
     vocab: Vocab
 
     def encode(self, text: str) -> list[int]:
-        return self.vocab.encode(self.tokenizer.tokenize(text))
+        ids = self.vocab.encode(self.tokenizer.tokenize(text))
+        return ids + [EOS_ID] if ids and getattr(self.tokenizer, "add_eos", False) else ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.detokenize(self.vocab.decode(ids))
 
     def to_dict(self) -> dict:
-        return {"tokenizer": self.tokenizer.kind, "lowercase": self.tokenizer.lowercase, **self.vocab.to_dict()}
+        return {**self.tokenizer.to_dict(), **self.vocab.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> TextCodec:
-        return cls(make_tokenizer(d["tokenizer"], d.get("lowercase", False)), Vocab.from_dict(d))
+        vocab = Vocab.from_dict(d)
+        kind, framing = d["tokenizer"], {"prefix": tuple(d.get("prefix", ())), "add_eos": d.get("add_eos", False)}
+        if kind == "sentencepiece":
+            return cls(SentencePieceTokenizer(base64.b64decode(d["model"]), **framing), vocab)
+        if kind == "missing":
+            return cls(MissingTokenizer(d["reason"]), vocab)
+        if kind == "bytelevel_bpe":
+            return cls(ByteLevelBPETokenizer(tuple(d["merges"]), tuple(vocab.itos), **framing), vocab)
+        return cls(make_tokenizer(kind, d.get("lowercase", False)), vocab)

@@ -3,6 +3,16 @@
 Ba sentences still searching, K beam size, rows = Ba * K (sentence-major: row i*K + k), V vocabulary,
 t steps so far. Memory is repeated K times per sentence once; state, tokens and scores are reordered every
 step with `select_batch`, and sentences that are done leave the batch.
+
+Two rule sets (`DecodeConfig.beam_rules`), differing in how hypotheses are normalized, ranked and stopped:
+  crossway  score / ((5 + |Y|) / 6) ** alpha; hypotheses that reach eos rank before those the length limit cut
+            (which only fill the n-best list when too few reached eos); without early stopping a sentence ends
+            when no live beam can beat the worst of its K best finished ones even at the length limit (exact
+            for alpha >= 0).
+  hf        Hugging Face generate(): score / |Y| ** alpha; at the length limit the K best candidates all finish,
+            cut or not, and rank with the others by normalized score alone; without early stopping a sentence
+            ends when the best live beam, normalized at its current length, cannot beat the worst of K finished
+            (HF's early_stopping=False heuristic; early_stopping=True is the same under both rules).
 """
 
 from __future__ import annotations
@@ -34,20 +44,24 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     for t in range(int(limits.max())):
         logits, state = model.decode_step(prev, memory, state)
-        logp = step_log_probs(logits, tokens, cfg, processors)  # (rows, V)
+        at_limit = t + 1 >= limits[sent]  # (Ba,)
+        logp = step_log_probs(logits, tokens, cfg, processors, last=at_limit.repeat_interleave(K))  # (rows, V)
         Ba, V = scores.size(0), logp.size(-1)
         top_scores, top_idx = (scores.view(-1, 1) + logp).view(Ba, K * V).topk(2 * K, dim=1)  # (Ba, 2K)
         beam, tok = top_idx // V, top_idx % V
         step_attn = state.get("attn").float() if cfg.return_attention and "attn" in state else None
-        # eos among the K best candidates finishes a hypothesis (at most K of the 2K can be eos: one per beam)
+        # eos among the K best candidates finishes a hypothesis (at most K of the 2K can be eos: one per beam);
+        # under the hf rules, at the length limit the K best candidates all finish
         is_eos = tok == EOS_ID
-        fin = is_eos & (torch.arange(2 * K, device=device) < K) & top_scores.isfinite()
+        ends = is_eos | (at_limit.to(device).unsqueeze(1) if cfg.beam_rules == "hf" else False)
+        fin = ends & (torch.arange(2 * K, device=device) < K) & top_scores.isfinite()
         for i, j in fin.nonzero().tolist():
             row = i * K + int(beam[i, j])
             attn = _attention(history, step_attn, row)
-            score = float(top_scores[i, j])
-            finished[int(sent[i])].append(Hypothesis(tokens[row].tolist(), score, True, attn,
-                                                     score / length_penalty(t + 1, cfg.length_penalty)))
+            score, eos = float(top_scores[i, j]), bool(is_eos[i, j])
+            toks = tokens[row].tolist() + ([] if eos else [int(tok[i, j])])
+            normalized = score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)
+            finished[int(sent[i])].append(Hypothesis(toks, score, eos, attn, normalized))
         # the K best candidates that are not eos continue
         scores, order = top_scores.masked_fill(is_eos, NEG_INF).topk(K, dim=1)  # (Ba, K)
         rows = (torch.arange(Ba, device=device).unsqueeze(1) * K + beam.gather(1, order)).view(-1)
@@ -59,7 +73,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
                 else step_attn[rows].unsqueeze(1)
         done = _done(scores, finished, sent, limits, t, cfg)
         for i in done.nonzero().squeeze(1).tolist():
-            if t + 1 >= limits[sent[i]] and len(finished[int(sent[i])]) < cfg.n_best:
+            if cfg.beam_rules == "crossway" and at_limit[i] and len(finished[int(sent[i])]) < cfg.n_best:
                 _add_unfinished(finished[int(sent[i])], scores[i], tokens, history, i, K, t, cfg)
         if bool(done.all()):
             break
@@ -71,7 +85,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
             memory, state = select_batch(memory, keep_rows), select_batch(state, keep_rows)
             tokens, prev = tokens[keep_rows], prev[keep_rows]
             history = history[keep_rows] if history is not None else None
-    return [_rank(f, cfg.n_best) for f in finished]
+    return [_rank(f, cfg.n_best, cfg.beam_rules) for f in finished]
 
 
 def _attention(history: Tensor | None, step: Tensor | None, row: int) -> Tensor | None:
@@ -94,7 +108,9 @@ def _done(scores: Tensor, finished: list[list[Hypothesis]], sent: Tensor, limits
             continue
         best_live = float(scores[i, 0])
         # a negative score divided by the largest penalty it could still get is its best possible value
-        lp = length_penalty(int(limits[s]) if cfg.length_penalty > 0 else t + 1, cfg.length_penalty)
+        # (hf rules: HF's heuristic, the penalty at the current length)
+        bound = int(limits[s]) if cfg.length_penalty > 0 and cfg.beam_rules == "crossway" else t + 1
+        lp = length_penalty(bound, cfg.length_penalty, cfg.beam_rules)
         worst_kept = sorted(h.normalized for h in fin)[-cfg.beam_size]
         done[i] = best_live / lp <= worst_kept
     return done.to(scores.device)
@@ -110,9 +126,11 @@ def _add_unfinished(fin: list[Hypothesis], scores: Tensor, tokens: Tensor, histo
         row = i * K + k
         attn = history[row] if history is not None else None
         fin.append(Hypothesis(tokens[row].tolist(), score, False, attn,
-                              score / length_penalty(t + 1, cfg.length_penalty)))
+                              score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)))
 
 
-def _rank(hyps: list[Hypothesis], n: int) -> list[Hypothesis]:
-    """Finished hypotheses first, each group best first by normalized score."""
+def _rank(hyps: list[Hypothesis], n: int, rules: str) -> list[Hypothesis]:
+    """Finished hypotheses first, each group best first by normalized score (hf rules: by score alone)."""
+    if rules == "hf":
+        return sorted(hyps, key=lambda h: -h.normalized)[:n]
     return sorted(hyps, key=lambda h: (not h.finished, -h.normalized))[:n]

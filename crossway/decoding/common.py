@@ -17,6 +17,7 @@ from crossway.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 # A logit processor maps (log-probs (B, V), tokens so far (B, t)) to new log-probs (B, V).
 Processor = Callable[[Tensor, Tensor], Tensor]
 STRATEGIES = ("greedy", "beam", "sample")
+BEAM_RULES = ("crossway", "hf")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +30,8 @@ class DecodeConfig:
     length_penalty: float = 1.0  # GNMT alpha: score / ((5 + length) / 6) ** alpha; 0 = raw log-probability
     n_best: int = 1  # hypotheses returned per input (beam)
     early_stopping: bool = True  # beam: a sentence ends once it has beam_size finished hypotheses
+    beam_rules: str = "crossway"  # crossway | hf: Hugging Face generate()'s beam search (see decoding/beam.py)
+    force_eos: bool = False  # the last token the length limit allows is eos (HF forced_eos_token_id)
     temperature: float = 1.0  # sample
     top_k: int = 0  # sample: keep the k most probable tokens; 0 = all
     top_p: float = 1.0  # sample: keep the smallest set with probability >= p (nucleus); 1 = all
@@ -42,6 +45,8 @@ class DecodeConfig:
             raise ValueError(f"decode.strategy must be one of {list(STRATEGIES)}, not {self.strategy!r}")
         if self.beam_size < 1 or self.n_best < 1 or self.n_best > max(1, self.beam_size):
             raise ValueError(f"need 1 <= decode.n_best <= decode.beam_size (got {self.n_best}, {self.beam_size})")
+        if self.beam_rules not in BEAM_RULES:
+            raise ValueError(f"decode.beam_rules must be one of {list(BEAM_RULES)}, not {self.beam_rules!r}")
         if not 0 < self.top_p <= 1 or not 1e-3 <= self.temperature <= 1e3:
             raise ValueError(f"decode.top_p must be in (0, 1] (got {self.top_p}) and decode.temperature in "
                              f"[0.001, 1000] (got {self.temperature})")
@@ -63,9 +68,10 @@ def max_lengths(src_mask: Tensor, cfg: DecodeConfig) -> Tensor:
     return (src_mask.sum(1).float().cpu() * cfg.max_len_a).long() + cfg.max_len_b
 
 
-def length_penalty(length: int | Tensor, alpha: float):
-    """GNMT (Wu et al. 2016): ((5 + |Y|) / 6) ** alpha, |Y| counting eos."""
-    return ((5 + length) / 6) ** alpha
+def length_penalty(length: int | Tensor, alpha: float, rules: str = "crossway"):
+    """GNMT (Wu et al. 2016): ((5 + |Y|) / 6) ** alpha, |Y| counting eos; with the "hf" rules, Hugging Face
+    generate()'s |Y| ** alpha (|Y| also counting eos)."""
+    return length ** alpha if rules == "hf" else ((5 + length) / 6) ** alpha
 
 
 def no_repeat_ngram(n: int) -> Processor:
@@ -90,8 +96,10 @@ def default_processors(cfg: DecodeConfig) -> list[Processor]:
     return [no_repeat_ngram(cfg.no_repeat_ngram)] if cfg.no_repeat_ngram > 0 else []
 
 
-def step_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors: Sequence[Processor]) -> Tensor:
-    """Log-probabilities of the next token: pad and bos never, eos not before min_len, then the processors."""
+def step_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors: Sequence[Processor],
+                   last: Tensor | None = None) -> Tensor:
+    """Log-probabilities of the next token: pad and bos never, eos not before min_len, then the processors;
+    with cfg.force_eos, rows at their last allowed step (`last`, (B,) bool) can only end (log-prob 0 for eos)."""
     logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
     logp[:, PAD_ID] = float("-inf")
     logp[:, BOS_ID] = float("-inf")
@@ -99,4 +107,8 @@ def step_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors
         logp[:, EOS_ID] = float("-inf")
     for process in processors:
         logp = process(logp, tokens)
+    if cfg.force_eos and last is not None and bool(last.any()):
+        last = last.to(logp.device)
+        logp[last] = float("-inf")
+        logp[last, EOS_ID] = 0.0
     return logp

@@ -51,7 +51,7 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConf
     steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []  # (rows, tokens, logprobs, attention)
     for t in range(int(limits.max())):
         logits, state = model.decode_step(prev, memory, state)
-        logp = step_log_probs(logits, tokens, cfg, processors)
+        logp = step_log_probs(logits, tokens, cfg, processors, last=t + 1 >= limits[active])
         tok = choose_tokens(logp, cfg, generator)  # (B,)
         attn = state.get("attn") if cfg.return_attention else None
         steps.append((active, tok.cpu(), logp.gather(1, tok.unsqueeze(1)).squeeze(1).cpu(),

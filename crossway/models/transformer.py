@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from crossway.data.tokenizers import PAD_ID
 from crossway.models.attention import MultiHeadAttention
 from crossway.models.interface import Memory, State, check_sizes
-from crossway.models.layers import ACTIVATIONS, FeedForward, Positions
+from crossway.models.layers import ACTIVATIONS, POSITIONS, FeedForward, Positions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,18 +32,23 @@ class TransformerConfig:
     dec_layers: int = 3
     dropout: float = 0.1
     attn_dropout: float = 0.0
-    activation: str = "relu"  # relu | gelu
-    norm: str = "pre"  # pre (pre-norm, the default) | post (the paper)
-    positions: str = "sinusoidal"  # sinusoidal | learned
+    activation: str = "relu"  # relu | gelu (erf) | silu (= swish) | gelu_tanh
+    norm: str = "pre"  # pre (pre-norm, the default) | post (the paper; no final encoder/decoder norm)
+    positions: str = "sinusoidal"  # sinusoidal (sin/cos interleaved) | sinusoidal_split (sin half, cos half) | learned
     max_positions: int = 1024
+    position_offset: int = 0  # learned positions: table row of position 0 (BART: 2, the rows below unused)
+    scale_embeddings: bool = True  # multiply token embeddings by sqrt(d_model) (off in BART)
+    embed_norm: bool = False  # LayerNorm after embeddings + positions, in encoder and decoder (BART)
     tie_embeddings: bool = True  # decoder input embedding = output projection (Press & Wolf 2017)
     share_embeddings: bool = False  # source and target embeddings are one matrix (needs equal vocabularies)
 
     def __post_init__(self):
         if self.norm not in ("pre", "post"):
             raise ValueError(f"model.norm must be 'pre' or 'post', not {self.norm!r}")
-        if self.positions not in ("sinusoidal", "learned"):
-            raise ValueError(f"model.positions must be 'sinusoidal' or 'learned', not {self.positions!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"model.positions must be one of {list(POSITIONS)}, not {self.positions!r}")
+        if self.position_offset < 0 or (self.position_offset and self.positions != "learned"):
+            raise ValueError(f"model.position_offset={self.position_offset} needs positions 'learned' and >= 0")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model.activation must be one of {list(ACTIVATIONS)}, not {self.activation!r}")
         check_sizes("model", self, ("d_model", "heads", "ff_dim", "enc_layers", "dec_layers", "max_positions"),
@@ -108,7 +113,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig, src_vocab: int, tgt_vocab: int):
         super().__init__()
         self.cfg, D = cfg, cfg.d_model
-        self.scale = math.sqrt(D)
+        self.scale = math.sqrt(D) if cfg.scale_embeddings else 1.0
         self.src_embed = nn.Embedding(src_vocab, D, padding_idx=PAD_ID)
         if cfg.share_embeddings:
             if src_vocab != tgt_vocab:
@@ -116,8 +121,10 @@ class Transformer(nn.Module):
             self.tgt_embed = self.src_embed
         else:
             self.tgt_embed = nn.Embedding(tgt_vocab, D, padding_idx=PAD_ID)
-        self.src_pos = Positions(cfg.positions, cfg.max_positions, D)
-        self.tgt_pos = Positions(cfg.positions, cfg.max_positions, D)
+        self.src_pos = Positions(cfg.positions, cfg.max_positions, D, cfg.position_offset)
+        self.tgt_pos = Positions(cfg.positions, cfg.max_positions, D, cfg.position_offset)
+        self.src_embed_norm = nn.LayerNorm(D) if cfg.embed_norm else nn.Identity()
+        self.tgt_embed_norm = nn.LayerNorm(D) if cfg.embed_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
@@ -142,7 +149,7 @@ class Transformer(nn.Module):
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
         B, S = src.shape
         pos = torch.arange(S, device=src.device).expand(B, S)
-        x = self.drop(self.src_embed(src) * self.scale + self.src_pos(pos))  # (B, S, D)
+        x = self.drop(self.src_embed_norm(self.src_embed(src) * self.scale + self.src_pos(pos)))  # (B, S, D)
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         for layer in self.encoder:
             x = layer(x, mask)
@@ -155,7 +162,7 @@ class Transformer(nn.Module):
     def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None) -> tuple[Tensor, State]:
         B = prev_tokens.size(0)
         pos = state["pos"] if state is not None else torch.zeros(B, dtype=torch.long, device=prev_tokens.device)
-        x = self.drop(self.tgt_embed(prev_tokens)[:, None] * self.scale + self.tgt_pos(pos[:, None]))  # (B, 1, D)
+        x = self._embed_target(prev_tokens[:, None], pos[:, None])  # (B, 1, D)
         cross_mask = memory["mask"][:, None, None, :]
         new: State = {"pos": pos + 1}
         attn = []
@@ -169,6 +176,10 @@ class Transformer(nn.Module):
         new["attn"] = torch.stack(attn, 1)  # (B, L, H, S)
         return self.generator(self.dec_norm(x))[:, 0], new
 
+    def _embed_target(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        """tokens, pos (B, T) -> (B, T, D)."""
+        return self.drop(self.tgt_embed_norm(self.tgt_embed(tokens) * self.scale + self.tgt_pos(pos)))
+
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         return self.decode_prefix(tgt_in, self.encode(src, src_mask))
 
@@ -176,7 +187,7 @@ class Transformer(nn.Module):
         """Teacher-forced decoder over a whole prefix (B, T) -> logits (B, T, V), causal mask, no cache."""
         B, T = tgt_in.shape
         pos = torch.arange(T, device=tgt_in.device).expand(B, T)
-        x = self.drop(self.tgt_embed(tgt_in) * self.scale + self.tgt_pos(pos))  # (B, T, D)
+        x = self._embed_target(tgt_in, pos)  # (B, T, D)
         causal = torch.ones(T, T, dtype=torch.bool, device=tgt_in.device).tril()  # (T, T): j <= t
         cross_mask = memory["mask"][:, None, None, :]
         for i, layer in enumerate(self.decoder):

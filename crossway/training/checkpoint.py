@@ -6,6 +6,7 @@ A checkpoint is a directory:
     vocab.json          source and target tokenizer + vocabulary
     trainer.safetensors optimizer tensors and the torch RNG state (training checkpoints only)
     trainer.json        step, epoch, data position, early-stopping state, optimizer hyper-parameters
+    hf.json             what an imported Hugging Face model needs to be exported again (crossway.hf)
 
 Writes are atomic: the directory is written under NAME.tmp, its files fsynced, then renamed into place
 (the previous NAME is moved to NAME.old first and removed last). A reader that finds no NAME uses NAME.old.
@@ -64,7 +65,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: RunConfig, src: TextCodec, tgt: TextCodec,
-                    trainer: dict | None = None, optimizer: torch.optim.Optimizer | None = None) -> Path:
+                    trainer: dict | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    extra_json: dict[str, object] | None = None) -> Path:
+    """`extra_json` maps further file names to JSON objects written into the same atomic directory."""
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -72,6 +75,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: RunConfig, src: 
     save_model(model, str(tmp / "model.safetensors"))
     _write_json(tmp / "config.json", config.to_dict())
     _write_json(tmp / "vocab.json", {"src": src.to_dict(), "tgt": tgt.to_dict()})
+    for name, obj in (extra_json or {}).items():
+        _write_json(tmp / name, obj)
     if trainer is not None:
         tensors, opt_meta = _flatten_optimizer(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()

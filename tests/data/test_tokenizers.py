@@ -58,3 +58,30 @@ def test_lowercase_option_survives_json():
 def test_text_spelling_a_special_token_is_unknown():
     v = Vocab(["a"])
     assert v.encode(["<pad>", "<eos>", "<bos>", "<unk>", "a"]) == [UNK_ID] * 4 + [4]
+
+
+def test_missing_tokenizer_survives_json_and_says_why():
+    from crossway.data.tokenizers import MissingTokenizer
+    from crossway.errors import CheckpointError
+
+    codec = TextCodec(MissingTokenizer("dir had no source.spm"), Vocab(["a"]))
+    restored = TextCodec.from_dict(codec.to_dict())
+    assert restored.vocab.itos == codec.vocab.itos
+    with pytest.raises(CheckpointError, match="no tokenizer: dir had no source.spm"):
+        restored.encode("a")
+
+
+def test_sentencepiece_codec_survives_json():
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    from crossway.data.tokenizers import SentencePieceTokenizer
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["hello world", "hello there", "world peace"] * 20),
+                                   model_writer=buf, vocab_size=15, minloglevel=2)
+    tok = SentencePieceTokenizer(buf.getvalue(), add_eos=True)
+    codec = TextCodec(tok, Vocab(dict.fromkeys(tok.tokenize("hello world there"))))
+    restored = TextCodec.from_dict(codec.to_dict())
+    assert restored.encode("hello world") == codec.encode("hello world") and restored.encode("hello")[-1] == EOS_ID
+    assert restored.encode("") == [] and restored.decode(restored.encode("hello world")) == "hello world"

@@ -111,3 +111,22 @@ def test_n_best_is_sorted_and_distinct():
         assert len({tuple(h.tokens) for h in hyps}) == 5
         norm = [h.normalized for h in hyps if h.finished]
         assert norm == sorted(norm, reverse=True)
+
+
+def test_hf_rules_rank_cut_hypotheses_and_force_eos():
+    """Hugging Face generate()'s beam rules: at the length limit the K best candidates finish whether or not they
+    end in eos and rank by logp / |Y| ** alpha alone; force_eos makes the last allowed token eos."""
+    table = {(): {4: 0.9, EOS_ID: 0.06, 5: 0.04}, (4,): {4: 1.0}, (4, 4): {4: 1.0}, (5,): {EOS_ID: 1.0}}
+    model, src = ScriptedModel(table), torch.tensor([[4]])
+    mask = torch.ones_like(src, dtype=torch.bool)
+    base = dict(strategy="beam", beam_size=2, max_len_a=0.0, max_len_b=3, early_stopping=False)
+    (ours,) = beam_search(model, src, mask, DecodeConfig(**base))[0]
+    assert ours.finished and ours.tokens in ([], [5])  # crossway: a hypothesis that reached eos comes first
+    (hf,) = beam_search(model, src, mask, DecodeConfig(**base, beam_rules="hf"))[0]
+    assert hf.tokens == [4, 4, 4] and not hf.finished
+    assert hf.normalized == pytest.approx(math.log(0.9) / 3)
+    (forced,) = beam_search(model, src, mask, DecodeConfig(**base, beam_rules="hf", force_eos=True))[0]
+    assert forced.tokens == [4, 4] and forced.finished and forced.score == pytest.approx(math.log(0.9))
+    greedy = greedy_search(model, src, mask, DecodeConfig(max_len_a=0.0, max_len_b=3, force_eos=True))[0]
+    assert greedy.tokens == [4, 4] and greedy.finished
+    assert length_penalty(6, 1.0, "hf") == 6 and length_penalty(6, 0.5, "hf") == pytest.approx(6 ** 0.5)

@@ -3,7 +3,10 @@ import torch
 
 from crossway.models import Seq2Seq, TransformerConfig, build_transformer, select_batch
 
-OPTIONS = [{}, {"norm": "post"}, {"positions": "learned"}, {"activation": "gelu", "tie_embeddings": False}]
+OPTIONS = [{}, {"norm": "post"}, {"positions": "learned"}, {"activation": "gelu", "tie_embeddings": False},
+           {"positions": "sinusoidal_split", "activation": "silu", "norm": "post"},  # Marian
+           {"positions": "learned", "position_offset": 2, "embed_norm": True, "scale_embeddings": False,
+            "activation": "gelu_tanh", "norm": "post"}]  # BART
 
 
 def make(**kw):
@@ -86,3 +89,11 @@ def test_bad_options():
         TransformerConfig(d_model=10, heads=4)
     with pytest.raises(ValueError, match="norm"):
         TransformerConfig(norm="sandwich")
+    with pytest.raises(ValueError, match="position_offset"):
+        TransformerConfig(position_offset=2)  # only a learned table has rows to skip
+
+
+def test_split_sinusoids_are_the_interleaved_ones_regrouped():
+    from crossway.models.layers import sinusoidal_split_table, sinusoidal_table
+    inter, split = sinusoidal_table(50, 16), sinusoidal_split_table(50, 16)
+    assert (torch.cat([inter[:, 0::2], inter[:, 1::2]], 1) - split).abs().max() <= 1e-5
