@@ -31,8 +31,12 @@ class DataConfig:
     header: bool = False
     src_ext: str = "src"
     tgt_ext: str = "tgt"
-    src_tokenizer: str = "char"  # char | word
+    src_tokenizer: str = "char"  # char | word | sentencepiece (trained on the training data, kept in the checkpoint)
     tgt_tokenizer: str = "word"
+    spm_vocab_size: int = 8000  # sentencepiece: pieces per model (joint: one model for both sides)
+    spm_model_type: str = "unigram"  # unigram | bpe
+    spm_joint: bool = True  # one model and vocabulary for source and target (allows model.share_embeddings)
+    spm_sample: int = 2_000_000  # at most this many lines (at random) train the model
     src_lowercase: bool = False  # lower-case the source before tokenizing (training and decoding alike)
     max_src_len: int = 64  # longer training examples are skipped and counted
     max_tgt_len: int = 64
@@ -41,7 +45,14 @@ class DataConfig:
     def __post_init__(self):
         if self.format not in ("tsv", "text"):
             raise ConfigError(f"data.format must be 'tsv' or 'text', not {self.format!r}")
-        _positive(self, "data", "max_src_len", "max_tgt_len", "min_freq")
+        _positive(self, "data", "max_src_len", "max_tgt_len", "min_freq", "spm_vocab_size", "spm_sample")
+        for side in ("src_tokenizer", "tgt_tokenizer"):
+            if getattr(self, side) not in ("char", "word", "sentencepiece"):
+                raise ConfigError(f"data.{side} must be char, word or sentencepiece, not {getattr(self, side)!r}")
+        if self.spm_model_type not in ("unigram", "bpe"):
+            raise ConfigError(f"data.spm_model_type must be unigram or bpe, not {self.spm_model_type!r}")
+        if self.spm_joint and (self.src_tokenizer == "sentencepiece") != (self.tgt_tokenizer == "sentencepiece"):
+            raise ConfigError("data.spm_joint needs sentencepiece on both sides (or set data.spm_joint=false)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -121,8 +121,20 @@ class SentencePieceTokenizer:
     model: bytes
     prefix: tuple[str, ...] = ()
     add_eos: bool = False
+    language_codes: bool = True  # a leading ">>xx<<" is one token (Marian); off for models crossway trains
+    escape_meta: bool = False  # carry U+2581 (SentencePiece's space symbol) through unchanged (models crossway trains)
     kind: str = field(default="sentencepiece", init=False)
     lowercase: bool = field(default=False, init=False)
+
+    # U+2581 would come back as a space, so models crossway trains see it escaped with a private-use character:
+    # E000 -> E000 E001 and 2581 -> E000 E002 (byte-fallback pieces), undone after decoding.
+    @staticmethod
+    def escape(text: str) -> str:
+        return text.replace("\ue000", "\ue000\ue001").replace("\u2581", "\ue000\ue002")
+
+    @staticmethod
+    def unescape(text: str) -> str:
+        return text.replace("\ue000\ue002", "\u2581").replace("\ue000\ue001", "\ue000")
 
     @cached_property
     def _sp(self):
@@ -132,17 +144,21 @@ class SentencePieceTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         code = []
-        if text.startswith(">>") and (end := text.find("<<")) != -1:
+        if self.language_codes and text.startswith(">>") and (end := text.find("<<")) != -1:
             code, text = [text[: end + 2]], text[end + 2:]
+        if self.escape_meta:
+            text = self.escape(text)
         pieces = [*code, *self._sp.encode(text, out_type=str)]
         return [*self.prefix, *pieces] if pieces else []
 
     def detokenize(self, tokens: list[str]) -> str:
-        return self._sp.decode_pieces([t for t in tokens if t not in SPECIALS and t not in self.prefix])
+        text = self._sp.decode_pieces([t for t in tokens if t not in SPECIALS and t not in self.prefix])
+        return self.unescape(text) if self.escape_meta else text
 
     def to_dict(self) -> dict:
         return {"tokenizer": self.kind, "model": base64.b64encode(self.model).decode("ascii"),
-                "prefix": list(self.prefix), "add_eos": self.add_eos}
+                "prefix": list(self.prefix), "add_eos": self.add_eos, "language_codes": self.language_codes,
+                "escape_meta": self.escape_meta}
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,7 +248,9 @@ class TextCodec:
         vocab = Vocab.from_dict(d)
         kind, framing = d["tokenizer"], {"prefix": tuple(d.get("prefix", ())), "add_eos": d.get("add_eos", False)}
         if kind == "sentencepiece":
-            return cls(SentencePieceTokenizer(base64.b64decode(d["model"]), **framing), vocab)
+            return cls(SentencePieceTokenizer(base64.b64decode(d["model"]), **framing,
+                                              language_codes=d.get("language_codes", True),
+                                              escape_meta=d.get("escape_meta", False)), vocab)
         if kind == "missing":
             return cls(MissingTokenizer(d["reason"]), vocab)
         if kind == "bytelevel_bpe":

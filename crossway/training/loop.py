@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from crossway.config import RunConfig
 from crossway.data.batching import collate, token_budget_batches
+from crossway.data.subword import sentencepiece_codec, train_sentencepiece
 from crossway.data.text import Example, Pair, encode_pairs, read_corpus
 from crossway.data.tokenizers import TextCodec, Vocab, make_tokenizer
 from crossway.errors import ConfigError, CrosswayError
@@ -103,9 +104,7 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
     read = lambda path: read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)  # noqa: E731
     train_pairs, valid_pairs = read(d.train), read(d.valid)
     if codecs is None:
-        s_tok, t_tok = make_tokenizer(d.src_tokenizer, d.src_lowercase), make_tokenizer(d.tgt_tokenizer)
-        codecs = (TextCodec(s_tok, Vocab.build((s_tok.tokenize(p.src) for p in train_pairs), d.min_freq)),
-                  TextCodec(t_tok, Vocab.build((t_tok.tokenize(p.tgt) for p in train_pairs), d.min_freq)))
+        codecs = build_codecs(d, train_pairs)
     src, tgt = codecs
     train, train_report = encode_pairs(train_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.train)
     valid, valid_report = encode_pairs(valid_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.valid)
@@ -119,6 +118,27 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
     valid_pairs = [p for p in valid_pairs if p.line in kept_lines]  # WER/PER on the same rows as the loss
     print(f"vocabulary: {len(src.vocab)} source, {len(tgt.vocab)} target tokens", flush=True)
     return RunData(train, valid, valid_pairs, src, tgt)
+
+
+def build_codecs(d, pairs: list[Pair]) -> tuple[TextCodec, TextCodec]:
+    """Tokenizers and vocabularies from the training pairs: char/word vocabularies by frequency, or trained
+    SentencePiece models (one joint model, or one per side)."""
+    def side(kind: str, texts, lowercase: bool) -> TextCodec:
+        if kind == "sentencepiece":
+            t0 = time.monotonic()
+            codec = sentencepiece_codec(train_sentencepiece(texts, d.spm_vocab_size, d.spm_model_type,
+                                                            d.spm_sample))
+            print(f"sentencepiece: trained a {d.spm_model_type} model of {len(codec.vocab)} pieces in "
+                  f"{time.monotonic() - t0:.0f}s", flush=True)
+            return codec
+        tok = make_tokenizer(kind, lowercase)
+        return TextCodec(tok, Vocab.build((tok.tokenize(t) for t in texts), d.min_freq))
+
+    if d.spm_joint and d.src_tokenizer == "sentencepiece":
+        joint = side("sentencepiece", [t for p in pairs for t in (p.src, p.tgt)], False)
+        return joint, joint
+    return (side(d.src_tokenizer, [p.src for p in pairs], d.src_lowercase),
+            side(d.tgt_tokenizer, [p.tgt for p in pairs], False))
 
 
 @torch.no_grad()
