@@ -46,8 +46,8 @@ class DataConfig:
         if self.format not in ("tsv", "text"):
             raise ConfigError(f"data.format must be 'tsv' or 'text', not {self.format!r}")
         _positive(self, "data", "max_src_len", "max_tgt_len", "min_freq", "spm_vocab_size", "spm_sample")
-        for side in ("src_tokenizer", "tgt_tokenizer"):
-            if getattr(self, side) not in ("char", "word", "sentencepiece"):
+        for side in ("src_tokenizer", "tgt_tokenizer"):  # (bytelevel_bpe and missing: imported models only)
+            if getattr(self, side) not in ("char", "word", "sentencepiece", "bytelevel_bpe", "missing"):
                 raise ConfigError(f"data.{side} must be char, word or sentencepiece, not {getattr(self, side)!r}")
         if self.spm_model_type not in ("unigram", "bpe"):
             raise ConfigError(f"data.spm_model_type must be unigram or bpe, not {self.spm_model_type!r}")

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from crossway import load_checkpoint, train
-from crossway.data.tokenizers import EOS_ID, TextCodec, UNK_ID
+from crossway.data.tokenizers import EOS_ID, UNK_ID, TextCodec
 from tests.conftest import REPO, tiny_config
 
 pytest.importorskip("sentencepiece")
