@@ -37,6 +37,7 @@ class DataConfig:
     spm_model_type: str = "unigram"  # unigram | bpe
     spm_joint: bool = True  # one model and vocabulary for source and target (allows model.share_embeddings)
     spm_sample: int = 2_000_000  # at most this many lines (at random) train the model
+    vocab: str = ""  # reuse the tokenizers and vocabularies of this run, checkpoint or vocab.json (else built)
     src_lowercase: bool = False  # lower-case the source before tokenizing (training and decoding alike)
     max_src_len: int = 64  # longer training examples are skipped and counted
     max_tgt_len: int = 64

@@ -33,7 +33,13 @@ from crossway.errors import ConfigError, CrosswayError
 from crossway.evaluate import evaluate_pairs
 from crossway.inference import set_threads
 from crossway.training.average import CHECKPOINTS, keep_newest, step_checkpoint_name
-from crossway.training.checkpoint import build_model, load_checkpoint, load_trainer_state, save_checkpoint
+from crossway.training.checkpoint import (
+    build_model,
+    load_checkpoint,
+    load_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from crossway.training.distributed import Dist, init_distributed, shutdown
 from crossway.training.losses import label_smoothed_ce
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
@@ -104,7 +110,7 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
     read = lambda path: read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)  # noqa: E731
     train_pairs, valid_pairs = read(d.train), read(d.valid)
     if codecs is None:
-        codecs = build_codecs(d, train_pairs)
+        codecs = load_codecs(d.vocab) if d.vocab else build_codecs(d, train_pairs)
     src, tgt = codecs
     train, train_report = encode_pairs(train_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.train)
     valid, valid_report = encode_pairs(valid_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.valid)
@@ -118,6 +124,18 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
     valid_pairs = [p for p in valid_pairs if p.line in kept_lines]  # WER/PER on the same rows as the loss
     print(f"vocabulary: {len(src.vocab)} source, {len(tgt.vocab)} target tokens", flush=True)
     return RunData(train, valid, valid_pairs, src, tgt)
+
+
+def load_codecs(path: str) -> tuple[TextCodec, TextCodec]:
+    """The tokenizers and vocabularies of a run, a checkpoint directory or a vocab.json file."""
+    p = Path(path)
+    if p.is_dir():
+        p = resolve_checkpoint(p) / "vocab.json"
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+        return TextCodec.from_dict(d["src"]), TextCodec.from_dict(d["tgt"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"data.vocab={path}: not a crossway vocabulary ({type(e).__name__}: {e})") from None
 
 
 def build_codecs(d, pairs: list[Pair]) -> tuple[TextCodec, TextCodec]:

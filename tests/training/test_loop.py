@@ -80,3 +80,19 @@ def test_best_checkpoint_by_bleu(reversal_data, tmp_path):
              if r["type"] == "valid"]
     assert all({"bleu", "chrf", "ter"} <= r.keys() for r in valid)
     assert state.best_metric == pytest.approx(max(r["bleu"] for r in valid), abs=1e-5)
+
+
+def test_data_vocab_reuses_another_runs_tokenizers(reversal_data, tmp_path):
+    import dataclasses
+
+    train(tiny_config(reversal_data, tmp_path / "a", train={"max_steps": 2}))
+    cfg = tiny_config({"train": reversal_data["valid"], "valid": reversal_data["valid"]}, tmp_path / "b",
+                      train={"max_steps": 2})
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vocab=str(tmp_path / "a")))
+    train(cfg)
+    a = json.loads((tmp_path / "a" / "best" / "vocab.json").read_text())
+    assert json.loads((tmp_path / "b" / "best" / "vocab.json").read_text()) == a
+    bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vocab=str(tmp_path / "a" / "config.yaml")),
+                              train=dataclasses.replace(cfg.train, out_dir=str(tmp_path / "c")))
+    with pytest.raises(CrosswayError, match="not a crossway vocabulary"):
+        train(bad)
