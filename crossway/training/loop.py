@@ -60,6 +60,7 @@ class TrainState:
     best_metric: float | None = None
     best_epoch: int = 0
     bad_validations: int = 0
+    tgt_tokens: int = 0  # target tokens trained on (all ranks)
     skipped_batches: int = 0  # updates skipped for a non-finite loss or gradient
     bad_in_row: int = 0
     stop_reason: str = ""
@@ -302,6 +303,7 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
                     _skipped(result, state, model, optimizer, data, cfg, log, out, fingerprint, d)
                 else:
                     state.bad_in_row = 0
+                    state.tgt_tokens += result.tokens
                     window["loss"] += result.nll
                     window["tokens"] += result.tokens
                 if state.step % tc.log_every == 0:
@@ -331,7 +333,7 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
         print(f"stopped: {state.stop_reason}; best {tc.metric} {state.best_metric:.4f} at epoch {state.best_epoch}",
               flush=True)
     log("stop", reason=state.stop_reason, step=state.step, train_seconds=round(state.train_seconds, 1),
-        skipped_batches=state.skipped_batches)
+        tgt_tokens=state.tgt_tokens, skipped_batches=state.skipped_batches)
     log.close()
     return state
 
