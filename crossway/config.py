@@ -37,6 +37,9 @@ class DataConfig:
     spm_model_type: str = "unigram"  # unigram | bpe
     spm_joint: bool = True  # one model and vocabulary for source and target (allows model.share_embeddings)
     spm_sample: int = 2_000_000  # at most this many lines (at random) train the model
+    streaming: bool = False  # stream the training data from disk each epoch (bounded memory; see data/stream.py)
+    buffer_size: int = 100_000  # streaming: examples shuffled and bucketed together
+    train_weights: str = ""  # streaming with several comma-separated data.train files: "3,1" (default: by size)
     vocab: str = ""  # reuse the tokenizers and vocabularies of this run, checkpoint or vocab.json (else built)
     src_lowercase: bool = False  # lower-case the source before tokenizing (training and decoding alike)
     max_src_len: int = 64  # longer training examples are skipped and counted
@@ -46,7 +49,8 @@ class DataConfig:
     def __post_init__(self):
         if self.format not in ("tsv", "text"):
             raise ConfigError(f"data.format must be 'tsv' or 'text', not {self.format!r}")
-        _positive(self, "data", "max_src_len", "max_tgt_len", "min_freq", "spm_vocab_size", "spm_sample")
+        _positive(self, "data", "max_src_len", "max_tgt_len", "min_freq", "spm_vocab_size", "spm_sample",
+                  "buffer_size")
         for side in ("src_tokenizer", "tgt_tokenizer"):  # (bytelevel_bpe and missing: imported models only)
             if getattr(self, side) not in ("char", "word", "sentencepiece", "bytelevel_bpe", "missing"):
                 raise ConfigError(f"data.{side} must be char, word or sentencepiece, not {getattr(self, side)!r}")

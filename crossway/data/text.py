@@ -6,7 +6,9 @@ such as U+2028 or NUL inside a sentence keep the pairs aligned. Every problem is
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,11 +55,18 @@ class SkipReport:
 
 def read_lines(path: str | Path) -> list[str]:
     """All lines of a UTF-8 file; invalid UTF-8 is an error naming the line and byte offset."""
+    return list(iter_lines(path))
+
+
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """The lines of a UTF-8 file, read as they are needed (memory does not grow with the file)."""
     try:
-        raw = Path(path).read_bytes()
+        f = open(path, "rb")  # binary lines end at b"\n" only
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    return decode_lines(raw, str(path))
+    with f:
+        for i, chunk in enumerate(f, start=1):
+            yield _decode(chunk[:-1] if chunk.endswith(b"\n") else chunk, str(path), i)
 
 
 def decode_lines(raw: bytes, name: str) -> list[str]:
@@ -65,15 +74,16 @@ def decode_lines(raw: bytes, name: str) -> list[str]:
     chunks = raw.split(b"\n")
     if chunks and chunks[-1] == b"":
         chunks.pop()
-    lines = []
-    for i, chunk in enumerate(chunks, start=1):
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-        try:
-            lines.append(chunk.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{name}:{i}: invalid UTF-8 at byte {e.start} of the line") from None
-    return lines
+    return [_decode(chunk, name, i) for i, chunk in enumerate(chunks, start=1)]
+
+
+def _decode(chunk: bytes, name: str, line: int) -> str:
+    if chunk.endswith(b"\r"):
+        chunk = chunk[:-1]
+    try:
+        return chunk.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}:{line}: invalid UTF-8 at byte {e.start} of the line") from None
 
 
 def _column_index(col: str, header: list[str] | None, path: Path) -> int:
@@ -88,32 +98,50 @@ def _column_index(col: str, header: list[str] | None, path: Path) -> int:
 
 def read_tsv(path: str | Path, src_col: str = "0", tgt_col: str = "1", header: bool = False) -> list[Pair]:
     """Pairs from a tab-separated file. Columns are 0-based indices ("0") or header names ("en")."""
+    return list(iter_tsv(path, src_col, tgt_col, header))
+
+
+def iter_tsv(path: str | Path, src_col: str = "0", tgt_col: str = "1", header: bool = False) -> Iterator[Pair]:
+    """read_tsv, one pair at a time."""
     path = Path(path)
-    lines = read_lines(path)
-    if header and not lines:
-        raise DataError(f"{path}: the file is empty, but a header line was expected (data.header)")
-    names = lines[0].split("\t") if header else None
+    lines = iter_lines(path)
+    first = next(lines, None)
+    if first is None:
+        if header:
+            raise DataError(f"{path}: the file is empty, but a header line was expected (data.header)")
+        return
+    names = first.split("\t") if header else None
     start = 1 if header else 0
-    width = len(names) if names else (len(lines[0].split("\t")) if lines else 0)
+    width = len(first.split("\t"))
     si, ti = _column_index(str(src_col), names, path), _column_index(str(tgt_col), names, path)
-    if max(si, ti) >= width and lines:
+    if max(si, ti) >= width:
         raise DataError(f"{path}:{start + 1}: column {max(si, ti)} requested, but lines have {width} fields")
-    pairs = []
-    for n, line in enumerate(lines[start:], start=start + 1):
+    body = lines if header else itertools.chain([first], lines)
+    for n, line in enumerate(body, start=start + 1):
         fields = line.split("\t")
         if len(fields) != width:
             raise DataError(f"{path}:{n}: expected {width} tab-separated fields, found {len(fields)}")
-        pairs.append(Pair(fields[si], fields[ti], n))
-    return pairs
+        yield Pair(fields[si], fields[ti], n)
 
 
 def read_text_pair(src_path: str | Path, tgt_path: str | Path) -> list[Pair]:
     """Pairs from two line-aligned files; a line-count mismatch is an error naming both files."""
-    src, tgt = read_lines(src_path), read_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise DataError(f"line counts differ: {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)} "
-                        f"({len(src)} != {len(tgt)})")
-    return [Pair(s, t, i) for i, (s, t) in enumerate(zip(src, tgt, strict=True), start=1)]
+    return list(iter_text_pair(src_path, tgt_path))
+
+
+def iter_text_pair(src_path: str | Path, tgt_path: str | Path) -> Iterator[Pair]:
+    """read_text_pair, one pair at a time (the line-count check comes when the shorter file ends)."""
+    n = 0
+    for n, (s, t) in enumerate(itertools.zip_longest(iter_lines(src_path), iter_lines(tgt_path)), start=1):
+        if s is None or t is None:
+            src_n, tgt_n = _count_lines(src_path), _count_lines(tgt_path)
+            raise DataError(f"line counts differ: {src_path} has {src_n} lines, {tgt_path} has {tgt_n} "
+                            f"({src_n} != {tgt_n})")
+        yield Pair(s, t, n)
+
+
+def _count_lines(path: str | Path) -> int:
+    return sum(1 for _ in iter_lines(path))
 
 
 def encode_pairs(pairs: list[Pair], src: TextCodec, tgt: TextCodec, max_src_len: int, max_tgt_len: int,
@@ -138,6 +166,12 @@ def encode_pairs(pairs: list[Pair], src: TextCodec, tgt: TextCodec, max_src_len:
 def read_corpus(path: str, fmt: str, src_col: str = "0", tgt_col: str = "1", header: bool = False,
                 src_ext: str = "src", tgt_ext: str = "tgt") -> list[Pair]:
     """One data split: a TSV file (fmt="tsv") or the pair of files PATH.src_ext / PATH.tgt_ext (fmt="text")."""
+    return list(iter_corpus(path, fmt, src_col, tgt_col, header, src_ext, tgt_ext))
+
+
+def iter_corpus(path: str, fmt: str, src_col: str = "0", tgt_col: str = "1", header: bool = False,
+                src_ext: str = "src", tgt_ext: str = "tgt") -> Iterator[Pair]:
+    """read_corpus, one pair at a time."""
     if fmt == "tsv":
-        return read_tsv(path, src_col, tgt_col, header)
-    return read_text_pair(f"{path}.{src_ext}", f"{path}.{tgt_ext}")
+        return iter_tsv(path, src_col, tgt_col, header)
+    return iter_text_pair(f"{path}.{src_ext}", f"{path}.{tgt_ext}")

@@ -7,6 +7,7 @@ data reports, training progress, validations), best/ and last/ checkpoints (see 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +28,9 @@ from tqdm import tqdm
 
 from crossway.config import RunConfig
 from crossway.data.batching import collate, token_budget_batches
+from crossway.data.stream import StreamingCorpus
 from crossway.data.subword import sentencepiece_codec, train_sentencepiece
-from crossway.data.text import Example, Pair, encode_pairs, read_corpus
+from crossway.data.text import Example, Pair, encode_pairs, iter_corpus
 from crossway.data.tokenizers import TextCodec, Vocab, make_tokenizer
 from crossway.errors import ConfigError, CrosswayError
 from crossway.evaluate import evaluate_pairs
@@ -69,7 +72,7 @@ class TrainState:
 
 @dataclass
 class RunData:
-    train: list[Example]
+    train: list[Example] | StreamingCorpus
     valid: list[Example]
     valid_pairs: list[Pair]
     src: TextCodec
@@ -105,26 +108,54 @@ class Logger:
 
 
 def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log) -> RunData:
+    """Read, check and encode the data. With data.streaming, the training files are only scanned (every line
+    checked and counted, nothing kept) and streamed again each epoch; the validation file is always in memory."""
     d = cfg.data
     if not d.train or not d.valid:
         raise ConfigError("data.train and data.valid must name the training and validation data")
-    read = lambda path: read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)  # noqa: E731
-    train_pairs, valid_pairs = read(d.train), read(d.valid)
+    read = lambda path: iter_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)  # noqa: E731
+    paths = d.train.split(",")
+    if len(paths) > 1 and not d.streaming:
+        raise ConfigError(f"data.train names {len(paths)} files: several training corpora need data.streaming=true")
+    valid_pairs = list(read(d.valid))
     if codecs is None:
-        codecs = load_codecs(d.vocab) if d.vocab else build_codecs(d, train_pairs)
+        all_pairs = lambda: (p for path in paths for p in read(path))  # noqa: E731
+        codecs = load_codecs(d.vocab) if d.vocab else build_codecs(d, all_pairs() if d.streaming else
+                                                                   list(all_pairs()))
     src, tgt = codecs
-    train, train_report = encode_pairs(train_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.train)
+    if d.streaming:
+        weights = [float(w) for w in d.train_weights.split(",")] if d.train_weights else None
+        train, reports = StreamingCorpus.scan(paths, weights, read, src, tgt, d.max_src_len, d.max_tgt_len)
+    else:
+        train, report = encode_pairs(list(read(d.train)), src, tgt, d.max_src_len, d.max_tgt_len, d.train)
+        reports = [report]
     valid, valid_report = encode_pairs(valid_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.valid)
-    for report in (train_report, valid_report):
+    for report in (*reports, valid_report):
         print(f"data: {report.summary()}", flush=True)
         log("data", path=report.path, kept=report.kept, skipped=dict(report.skipped))
-    for examples, path in ((train, d.train), (valid, d.valid)):
-        if not examples:
+    for n, path in ((len(train), d.train), (len(valid), d.valid)):
+        if not n:
             raise CrosswayError(f"{path}: no usable examples (see the counts above)")
     kept_lines = {e.line for e in valid}
     valid_pairs = [p for p in valid_pairs if p.line in kept_lines]  # WER/PER on the same rows as the loss
     print(f"vocabulary: {len(src.vocab)} source, {len(tgt.vocab)} target tokens", flush=True)
     return RunData(train, valid, valid_pairs, src, tgt)
+
+
+def epoch_batches(data: RunData, cfg: RunConfig, epoch: int) -> Iterator[list[Example]]:
+    """The training batches of one epoch, a pure function of the data, seed and epoch (resume relies on it)."""
+    tc = cfg.train
+    if isinstance(data.train, StreamingCorpus):
+        return data.train.batches(epoch, tc.max_tokens, cfg.data.buffer_size, tc.seed)
+    return iter([[data.train[i] for i in idx]
+                 for idx in token_budget_batches(data.train, tc.max_tokens, shuffle=True, seed=tc.seed + epoch)])
+
+
+def epoch_batches_estimate(data: RunData, tc) -> int:
+    """Batches per epoch: exact for data in memory, estimated from the padded tokens for streamed data."""
+    if isinstance(data.train, StreamingCorpus):
+        return max(1, math.ceil(1.15 * data.train.total_cost / tc.max_tokens))
+    return len(token_budget_batches(data.train, tc.max_tokens, True, 0))
 
 
 def load_codecs(path: str) -> tuple[TextCodec, TextCodec]:
@@ -139,7 +170,7 @@ def load_codecs(path: str) -> tuple[TextCodec, TextCodec]:
         raise ConfigError(f"data.vocab={path}: not a crossway vocabulary ({type(e).__name__}: {e})") from None
 
 
-def build_codecs(d, pairs: list[Pair]) -> tuple[TextCodec, TextCodec]:
+def build_codecs(d, pairs: list[Pair] | Iterator[Pair]) -> tuple[TextCodec, TextCodec]:
     """Tokenizers and vocabularies from the training pairs: char/word vocabularies by frequency, or trained
     SentencePiece models (one joint model, or one per side)."""
     def side(kind: str, texts, lowercase: bool) -> TextCodec:
@@ -154,10 +185,12 @@ def build_codecs(d, pairs: list[Pair]) -> tuple[TextCodec, TextCodec]:
         return TextCodec(tok, Vocab.build((tok.tokenize(t) for t in texts), d.min_freq))
 
     if d.spm_joint and d.src_tokenizer == "sentencepiece":
-        joint = side("sentencepiece", [t for p in pairs for t in (p.src, p.tgt)], False)
+        joint = side("sentencepiece", (t for p in pairs for t in (p.src, p.tgt)), False)
         return joint, joint
-    return (side(d.src_tokenizer, [p.src for p in pairs], d.src_lowercase),
-            side(d.tgt_tokenizer, [p.tgt for p in pairs], False))
+    if not isinstance(pairs, list):  # streamed: one pass per side
+        pairs = list(pairs)
+    return (side(d.src_tokenizer, (p.src for p in pairs), d.src_lowercase),
+            side(d.tgt_tokenizer, (p.tgt for p in pairs), False))
 
 
 @torch.no_grad()
@@ -279,25 +312,26 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
         return state
 
     per_update = tc.accum_steps * d.world  # batches consumed by one update, all ranks together
-    total_steps = tc.max_steps or tc.max_epochs * math.ceil(
-        len(token_budget_batches(data.train, tc.max_tokens, True, 0)) / per_update)
+    total_steps = tc.max_steps or tc.max_epochs * math.ceil(epoch_batches_estimate(data, tc) / per_update)
     model.train()
     with stop_on_signals() as stop:
         while not state.stop_reason:
-            batches = token_budget_batches(data.train, tc.max_tokens, shuffle=True, seed=tc.seed + state.epoch)
-            bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", initial=state.batch_in_epoch, leave=False,
+            batches = epoch_batches(data, cfg, state.epoch)
+            for _ in range(state.batch_in_epoch):  # resuming inside an epoch: skip what was trained on
+                next(batches, None)
+            bar = tqdm(total=None if isinstance(data.train, StreamingCorpus) else epoch_batches_estimate(data, tc),
+                       desc=f"epoch {state.epoch + 1}", initial=state.batch_in_epoch, leave=False,
                        disable=not tc.progress or not sys.stderr.isatty(), mininterval=1.0)
             tick, window = time.monotonic(), {"loss": 0.0, "tokens": 0, "seconds": 0.0}
-            while state.batch_in_epoch < len(batches):
-                group = batches[state.batch_in_epoch:state.batch_in_epoch + per_update]
+            group = list(itertools.islice(batches, per_update))
+            while group:
                 lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps)
-                result = _step(model, optimizer, [collate([data.train[i] for i in idx], idx).to(device)
-                                                  for idx in d.shard(group)], tc, state.step, lr, precision, d)
+                result = _step(model, optimizer, [collate(b, [e.line for e in b]).to(device) for b in d.shard(group)],
+                               tc, state.step, lr, precision, d)
                 now = time.monotonic()
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
                 state.train_seconds += now - tick
                 window["seconds"] += now - tick
-                tick = now
                 bar.update(len(group))
                 if result.skipped:
                     _skipped(result, state, model, optimizer, data, cfg, log, out, fingerprint, d)
@@ -308,6 +342,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
                     window["tokens"] += result.tokens
                 if state.step % tc.log_every == 0:
                     _log_window(log, bar, state, window, lr)
+                group = list(itertools.islice(batches, per_update))  # the next update's; [] when the epoch is over
+                tick = time.monotonic()  # (reading streamed data counts as training time only in the step above)
                 signalled, limited = d.any(bool(stop.reason), bool(_limit(state, tc)))  # all ranks agree
                 if signalled:
                     stop.reason = stop.reason or "a signal to another rank"
@@ -323,7 +359,7 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
                       flush=True)
                 state.signal = stop.signum
                 break
-            epoch_end = state.batch_in_epoch == len(batches)
+            epoch_end = not group
             if epoch_end:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             _validate_and_save(model, optimizer, data, cfg, state, log, out, epoch_end, fingerprint, d.main)
