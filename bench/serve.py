@@ -121,6 +121,7 @@ def main() -> None:
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--options", default='{"strategy": "greedy"}', help="decoding options of every request (JSON)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}")
+    p.add_argument("--rss-budget-mib", type=float, default=64, help="allowed growth of the server's RSS under load")
     p.add_argument("--out", default=str(ROOT / "bench/out/serve.json"))
     args = p.parse_args()
     inputs = load_inputs(args.data, args.requests)
@@ -134,6 +135,11 @@ def main() -> None:
         print(f"| {r['config']} | {r['rps']:.0f} | {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} | "
               f"{r['statuses']}{' errors ' + str(r['errors']) if r['errors'] else ''} | {r['lost']} | "
               f"{r['model_calls']} | {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} |")
+    for r in results:
+        growth = r["rss_after_mib"] - r["rss_before_mib"]
+        ok = growth <= args.rss_budget_mib and r["lost"] == 0
+        print(f"{r['config']}: RSS growth {growth:+.0f} MiB (budget {args.rss_budget_mib:g}), lost {r['lost']}: "
+              f"{'within budget' if ok else 'OVER BUDGET OR LOST REQUESTS'}")
     if len(results) == 2:
         print(f"\nthroughput ratio {results[0]['config']} / {results[1]['config']}: "
               f"{results[0]['rps'] / results[1]['rps']:.2f}x")
