@@ -43,7 +43,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
     state = None
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     for t in range(int(limits.max())):
-        logits, state = model.decode_step(prev, memory, state)
+        logits, state = model.decode_step(prev, memory, state, attention=cfg.return_attention)
         at_limit = t + 1 >= limits[sent]  # (Ba,)
         logp = step_log_probs(logits, tokens, cfg, processors, last=at_limit.repeat_interleave(K))  # (rows, V)
         Ba, V = scores.size(0), logp.size(-1)

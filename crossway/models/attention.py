@@ -85,20 +85,26 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    def _split(self, x: Tensor) -> Tensor:
+    def split(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (B, H, L, Dh), a view."""
         B, L, _ = x.shape
-        return x.view(B, L, self.heads, self.dh).transpose(1, 2)  # (B, H, L, Dh)
+        return x.view(B, L, self.heads, self.dh).transpose(1, 2)
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, S, D) -> keys, values (B, H, S, Dh)."""
-        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        return self.split(self.k_proj(x)), self.split(self.v_proj(x))
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D) queries; k, v (B, H, S, Dh); mask broadcastable to (B, H, T, S), True = attend.
 
         -> output (B, T, D) and, when asked, weights (B, H, T, S)."""
-        q = self._split(self.q_proj(x))  # (B, H, T, Dh)
+        out, weights = self.attend(self.split(self.q_proj(x)), k, v, mask, need_weights)
+        return self.out_proj(out), weights
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """q (B, H, T, Dh), k, v (B, H, S, Dh) -> heads merged (B, T, D), before the output projection."""
         p = self.dropout if self.training else 0.0
         if need_weights:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.dh)  # (B, H, T, S)
@@ -110,4 +116,4 @@ class MultiHeadAttention(nn.Module):
             weights = None
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         B, _, T, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1)), weights
+        return out.transpose(1, 2).reshape(B, T, -1), weights

@@ -5,8 +5,10 @@ B batch, S source length, T target length, V target vocabulary.
 `memory` (from `encode`) and `state` (from `decode_step`) are dicts of tensors whose first dimension is the
 batch. That single rule is what lets search stay architecture-agnostic: beams are expanded, reordered and
 finished sentences dropped with `select_batch`, whatever the model keeps inside (an RNN hidden state, a
-key/value cache, projected encoder keys). Models that attend put the last step's attention weights,
-(B, S) or (B, heads, S) or (B, layers, heads, S), under `state["attn"]`.
+key/value cache, projected encoder keys). Asked with `decode_step(..., attention=True)`, models that attend put
+the last step's attention weights, (B, S) or (B, heads, S) or (B, layers, heads, S), under `state["attn"]`;
+otherwise they may leave them out (the Transformer then runs fused attention and keeps no weights). Search asks
+only when `DecodeConfig.return_attention` is set.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ class Seq2Seq(Protocol):
         """src (B, S) ids, src_mask (B, S) bool (True = token) -> memory, batch-first tensors."""
         ...
 
-    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None) -> tuple[Tensor, State]:
-        """prev_tokens (B,) -> logits (B, V) for the next token and the new state (None before step 1)."""
+    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None,
+                    attention: bool = False) -> tuple[Tensor, State]:
+        """prev_tokens (B,) -> logits (B, V) for the next token and the new state (None before step 1);
+        with attention=True the state also holds the step's attention weights under "attn"."""
         ...
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:

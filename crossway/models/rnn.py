@@ -111,7 +111,9 @@ class RNNSeq2Seq(nn.Module):
             memory["keys"] = self.attention.project_keys(out)
         return memory
 
-    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None) -> tuple[Tensor, State]:
+    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None,
+                    attention: bool = False) -> tuple[Tensor, State]:
+        """The attention weights are computed anyway, so state["attn"] is always there (attention is ignored)."""
         features, state = self._step(prev_tokens, memory, state)
         return self._logits(features), state
 
