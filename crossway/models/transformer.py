@@ -128,10 +128,17 @@ class DecoderLayer(nn.Module):
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D) with self-attention keys/values already covering every position it may see.
 
-        -> (B, T, D) and, when asked, cross-attention weights (B, H, T, S)."""
+        The cross-attention keys/values cover B / G sources, each shared by G consecutive rows (beam search's
+        beams): their queries attend together as G * T positions, so the source is read once per step, not G
+        times. -> (B, T, D) and, when asked, cross-attention weights (B, H, T, S)."""
         x = self.sub_self.merge(x, self.self_attn(self.sub_self.inner(x), *self_kv, self_mask)[0])
-        out, weights = self.cross_attn(self.sub_cross.inner(x), *cross_kv, cross_mask, need_weights)
-        x = self.sub_cross.merge(x, out)
+        B, T, D = x.shape
+        G = B // cross_kv[0].size(0)
+        h = self.sub_cross.inner(x).reshape(B // G, G * T, D)  # (B / G, G * T, D)
+        out, weights = self.cross_attn(h, *cross_kv, cross_mask, need_weights)
+        if weights is not None:  # (B / G, H, G * T, S) -> (B, H, T, S)
+            weights = weights.unflatten(2, (G, T)).transpose(1, 2).flatten(0, 1)
+        x = self.sub_cross.merge(x, out.reshape(B, T, D))
         return self.sub_ff.merge(x, self.ff(self.sub_ff.inner(x))), weights
 
 

@@ -122,3 +122,22 @@ def test_split_sinusoids_are_the_interleaved_ones_regrouped():
     from crossway.models.layers import sinusoidal_split_table, sinusoidal_table
     inter, split = sinusoidal_table(50, 16), sinusoidal_split_table(50, 16)
     assert (torch.cat([inter[:, 0::2], inter[:, 1::2]], 1) - split).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("attention", [False, True], ids=["fused", "weights"])
+def test_rows_share_memory_in_groups(attention):
+    """G rows per memory row (beam search's beams) decode as against memory repeated G times."""
+    model = make()
+    src, mask, _ = batch()
+    memory, G = model.encode(src, mask), 3
+    repeated = select_batch(memory, torch.arange(3).repeat_interleave(G))
+    prev = torch.cat([torch.ones(9, 1, dtype=torch.long), torch.randint(4, 13, (9, 3))], 1)
+    grouped = expanded = None
+    for t in range(prev.size(1)):
+        a, grouped = model.decode_step(prev[:, t], memory, grouped, attention=attention)
+        b, expanded = model.decode_step(prev[:, t], repeated, expanded, attention=attention)
+        assert (a - b).abs().max() <= 1e-5
+        if attention:
+            assert (grouped["attn"] - expanded["attn"]).abs().max() <= 1e-6
+    full = model.decode_prefix(prev, memory)  # teacher forcing accepts grouped rows too
+    assert (full[:, -1] - a).abs().max() <= 1e-5
