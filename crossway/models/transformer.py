@@ -21,7 +21,9 @@ from crossway.models.attention import MultiHeadAttention
 from crossway.models.interface import Memory, State, check_sizes
 from crossway.models.layers import ACTIVATIONS, POSITIONS, FeedForward, Positions
 
-CACHE_START = 32  # positions first allocated for the self-attention cache (doubled when full)
+# the self-attention cache grows by this many positions when full: beam search copies the whole buffer when it
+# reorders beams, so spare capacity costs time at every step; growing costs one copy per CACHE_CHUNK steps
+CACHE_CHUNK = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,13 +243,13 @@ class Transformer(nn.Module):
 
 def _append(cache: Tensor | None, new: Tensor, t: int) -> Tensor:
     """The self-attention cache (B, H, C, Dh) with `new` (B, H, 1, Dh) written at position t; positions after t
-    are spare capacity. Without autograd the write is in place and C doubles when full, so a step costs O(1)
-    instead of the O(t) copy of a concatenation (which also allocated a new buffer every step). Under autograd
+    are spare capacity. Without autograd the write is in place and C grows by CACHE_CHUNK when full, so a step
+    costs no O(t) copy of a concatenation (which also allocated a new buffer every step). Under autograd
     (stepwise scheduled sampling) each step gets a fresh tensor: tensors saved for backward must not change."""
     grad = torch.is_grad_enabled()
     if cache is None or t == cache.size(2) or grad:
         B, H, _, Dh = new.shape
-        grown = new.new_empty(B, H, t + 1 if grad else max(CACHE_START, 2 * t), Dh)
+        grown = new.new_empty(B, H, t + 1 if grad else t + CACHE_CHUNK, Dh)
         if t:
             grown[:, :, :t] = cache[:, :, :t]
         cache = grown

@@ -48,11 +48,11 @@ def test_cached_steps_equal_full_recompute(kw, attention):
 
 
 def test_cache_grows_past_its_first_capacity():
-    from crossway.models.transformer import CACHE_START
+    from crossway.models.transformer import CACHE_CHUNK
 
     model = make()
     src, mask, _ = batch()
-    T = 2 * CACHE_START + 3
+    T = 2 * CACHE_CHUNK + 3
     tgt_in = torch.cat([torch.ones(3, 1, dtype=torch.long), torch.randint(4, 13, (3, T - 1))], 1)
     with torch.inference_mode():
         full = model(src, mask, tgt_in)
@@ -60,7 +60,7 @@ def test_cache_grows_past_its_first_capacity():
         for t in range(T):
             logits, state = model.decode_step(tgt_in[:, t], memory, state)
             steps.append(logits)
-    assert state["k0"].size(2) == 4 * CACHE_START  # doubled twice
+    assert state["k0"].size(2) == 3 * CACHE_CHUNK  # grown twice
     assert (torch.stack(steps, 1) - full).abs().max() <= 1e-5
 
 
