@@ -32,7 +32,7 @@ class NoCache(nn.Module):
     def encode(self, src, src_mask):
         return self.model.encode(src, src_mask)
 
-    def decode_step(self, prev, memory, state):
+    def decode_step(self, prev, memory, state, attention=False):
         prefix = prev[:, None] if state is None else torch.cat([state["prefix"], prev[:, None]], 1)
         return self.model.decode_prefix(prefix, memory)[:, -1], {"prefix": prefix}
 

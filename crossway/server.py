@@ -36,6 +36,7 @@ from crossway.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 from crossway.decoding import DecodeConfig
 from crossway.errors import CrosswayError
 from crossway.inference import Translation, set_threads, translate
+from crossway.quantize import QUANTIZE, quantize
 from crossway.training.checkpoint import LoadedModel, load_checkpoint
 
 log = logging.getLogger("crossway.server")
@@ -57,12 +58,15 @@ class ServeConfig:
     drain_timeout_s: float = 60.0  # SIGTERM: how long in-flight work may take before the server exits anyway
     threads: int = 0  # torch threads; 0 = torch's choice
     checkpoint: str = "best"
+    quantize: str = "none"  # none | int8 (crossway.quantize)
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_inputs", "max_output_tokens", "max_beam_size", "max_queue",
                      "max_batch_inputs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"serve.{name} must be >= 1, not {getattr(self, name)}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"serve.quantize must be one of {list(QUANTIZE)}, not {self.quantize!r}")
         if self.timeout_s <= 0 or self.batch_wait_ms < 0 or self.max_input_tokens < 0:
             raise ValueError("serve.timeout_s must be > 0, batch_wait_ms and max_input_tokens >= 0")
 
@@ -77,8 +81,9 @@ class Engine:
         self.max_positions = getattr(cfg.model, "max_positions", None)  # the Transformer's position table
 
     @classmethod
-    def load(cls, run: str | Path, checkpoint: str = "best") -> Engine:
-        return cls(load_checkpoint(run, checkpoint), Path(run).name)
+    def load(cls, run: str | Path, checkpoint: str = "best", quantize_mode: str = "none") -> Engine:
+        loaded = load_checkpoint(run, checkpoint)
+        return cls(dataclasses.replace(loaded, model=quantize(loaded.model, quantize_mode)), Path(run).name)
 
     def count_tokens(self, text: str) -> int:
         return len(self.loaded.src.encode(text))
@@ -373,7 +378,7 @@ def serve(run: str | Path, cfg: ServeConfig = ServeConfig(), log_level: str = "i
     """Serve the model in `run` until SIGTERM/SIGINT, then drain (see the module docstring)."""
     if not Path(run).exists():
         raise CrosswayError(f"{run}: no such model directory")
-    app = create_app(lambda: Engine.load(run, cfg.checkpoint), cfg)
+    app = create_app(lambda: Engine.load(run, cfg.checkpoint, cfg.quantize), cfg)
     server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
                                            timeout_graceful_shutdown=cfg.drain_timeout_s),
                             app.state, cfg.drain_timeout_s)

@@ -1,8 +1,8 @@
 """Batched beam search over `decode_step`, with the GNMT length penalty, n-best output and early stopping.
 
 Ba sentences still searching, K beam size, rows = Ba * K (sentence-major: row i*K + k), V vocabulary,
-t steps so far. Memory is repeated K times per sentence once; state, tokens and scores are reordered every
-step with `select_batch`, and sentences that are done leave the batch.
+t steps so far. Memory keeps one row per sentence, shared by its K beams (the protocol's grouped rows); state,
+tokens and scores are reordered every step with `select_batch`, and sentences that are done leave the batch.
 
 Two rule sets (`DecodeConfig.beam_rules`), differing in how hypotheses are normalized, ranked and stopped:
   crossway  score / ((5 + |Y|) / 6) ** alpha; hypotheses that reach eos rank before those the length limit cut
@@ -32,7 +32,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
                 processors: list[Processor] = ()) -> list[list[Hypothesis]]:
     """src (B, S) -> for each sentence its n-best hypotheses, best first by length-penalised score."""
     B, K, device = src.size(0), cfg.beam_size, src.device
-    memory = select_batch(model.encode(src, src_mask), torch.arange(B, device=device).repeat_interleave(K))
+    memory = model.encode(src, src_mask)  # one row per sentence, for its K rows
     limits = max_lengths(src_mask, cfg)  # (B,)
     sent = torch.arange(B)  # original index of each active sentence
     scores = torch.full((B, K), NEG_INF, device=device)
@@ -43,7 +43,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
     state = None
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     for t in range(int(limits.max())):
-        logits, state = model.decode_step(prev, memory, state)
+        logits, state = model.decode_step(prev, memory, state, attention=cfg.return_attention)
         at_limit = t + 1 >= limits[sent]  # (Ba,)
         logp = step_log_probs(logits, tokens, cfg, processors, last=at_limit.repeat_interleave(K))  # (rows, V)
         Ba, V = scores.size(0), logp.size(-1)
@@ -82,7 +82,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
             keep = (~done).nonzero().squeeze(1)
             keep_rows = (keep.to(device).unsqueeze(1) * K + torch.arange(K, device=device)).view(-1)
             sent, scores = sent[keep], scores[keep.to(device)]
-            memory, state = select_batch(memory, keep_rows), select_batch(state, keep_rows)
+            memory, state = select_batch(memory, keep.to(device)), select_batch(state, keep_rows)
             tokens, prev = tokens[keep_rows], prev[keep_rows]
             history = history[keep_rows] if history is not None else None
     return [_rank(f, cfg.n_best, cfg.beam_rules) for f in finished]

@@ -3,6 +3,8 @@ multi-head scaled dot-product attention (Vaswani et al. 2017) for the Transforme
 
 B batch, S source length, Q query size (decoder state), K key size (encoder output), A attention size.
 Keys are projected once per source (`project_keys`, kept in the model's memory) and reused at every step.
+The RNN attention modules take R = B x G queries for B sources: consecutive groups of G queries (the beams of one
+sentence in beam search) attend over the same source, which is stored once.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from torch import Tensor, nn
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
-    """scores (B, S), mask (B, S) bool (True = attend) -> weights (B, S) that sum to 1 over the mask."""
+    """scores (B, S) or (B, G, S), mask (B, S) bool (True = attend) -> weights that sum to 1 over the mask."""
+    mask = mask if scores.dim() == 2 else mask.unsqueeze(1)
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
 
 
 def dot_scores(query: Tensor, keys: Tensor) -> Tensor:
-    """query (B, K), keys (B, S, K) -> scores (B, S): q . k_j."""
-    return torch.bmm(keys, query.unsqueeze(2)).squeeze(2)
+    """query (B, K) or (B, G, K), keys (B, S, K) -> scores (B, S) or (B, G, S): q . k_j."""
+    B, S, K = keys.shape
+    return torch.bmm(query.reshape(B, -1, K), keys.transpose(1, 2)).view(*query.shape[:-1], S)
 
 
 def attend(weights: Tensor, values: Tensor) -> Tensor:
-    """weights (B, S), values (B, S, K) -> context (B, K) = sum_j w_j v_j."""
-    return torch.bmm(weights.unsqueeze(1), values).squeeze(1)
+    """weights (B, S) or (B, G, S), values (B, S, K) -> context (B, K) or (B, G, K) = sum_j w_j v_j."""
+    B, S, K = values.shape
+    return torch.bmm(weights.reshape(B, -1, S), values).view(*weights.shape[:-1], K)
 
 
 class AdditiveAttention(nn.Module):
@@ -41,10 +46,11 @@ class AdditiveAttention(nn.Module):
         return self.key_proj(keys)  # (B, S, A)
 
     def forward(self, query: Tensor, proj_keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """query (B, Q), proj_keys (B, S, A), values (B, S, K) -> context (B, K), weights (B, S)."""
-        scores = self.v(torch.tanh(proj_keys + self.query_proj(query).unsqueeze(1))).squeeze(2)  # (B, S)
-        weights = masked_softmax(scores, mask)
-        return attend(weights, values), weights
+        """query (R, Q), proj_keys (B, S, A), values (B, S, K) -> context (R, K), weights (R, S)."""
+        B, S, A = proj_keys.shape
+        q = self.query_proj(query).view(B, -1, 1, A)  # (B, G, 1, A)
+        weights = masked_softmax(self.v(torch.tanh(proj_keys.unsqueeze(1) + q)).squeeze(3), mask)  # (B, G, S)
+        return attend(weights, values).flatten(0, 1), weights.flatten(0, 1)
 
 
 class LuongAttention(nn.Module):
@@ -62,8 +68,10 @@ class LuongAttention(nn.Module):
         return keys if self.key_proj is None else self.key_proj(keys)  # (B, S, Q)
 
     def forward(self, query: Tensor, proj_keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        weights = masked_softmax(dot_scores(query, proj_keys), mask)  # (B, S)
-        return attend(weights, values), weights
+        """query (R, Q), proj_keys (B, S, Q), values (B, S, K) -> context (R, K), weights (R, S)."""
+        B = proj_keys.size(0)
+        weights = masked_softmax(dot_scores(query.view(B, -1, query.size(-1)), proj_keys), mask)  # (B, G, S)
+        return attend(weights, values).flatten(0, 1), weights.flatten(0, 1)
 
 
 class MultiHeadAttention(nn.Module):
@@ -85,20 +93,26 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    def _split(self, x: Tensor) -> Tensor:
+    def split(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (B, H, L, Dh), a view."""
         B, L, _ = x.shape
-        return x.view(B, L, self.heads, self.dh).transpose(1, 2)  # (B, H, L, Dh)
+        return x.view(B, L, self.heads, self.dh).transpose(1, 2)
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, S, D) -> keys, values (B, H, S, Dh)."""
-        return self._split(self.k_proj(x)), self._split(self.v_proj(x))
+        return self.split(self.k_proj(x)), self.split(self.v_proj(x))
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D) queries; k, v (B, H, S, Dh); mask broadcastable to (B, H, T, S), True = attend.
 
         -> output (B, T, D) and, when asked, weights (B, H, T, S)."""
-        q = self._split(self.q_proj(x))  # (B, H, T, Dh)
+        out, weights = self.attend(self.split(self.q_proj(x)), k, v, mask, need_weights)
+        return self.out_proj(out), weights
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """q (B, H, T, Dh), k, v (B, H, S, Dh) -> heads merged (B, T, D), before the output projection."""
         p = self.dropout if self.training else 0.0
         if need_weights:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.dh)  # (B, H, T, S)
@@ -110,4 +124,4 @@ class MultiHeadAttention(nn.Module):
             weights = None
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         B, _, T, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1)), weights
+        return out.transpose(1, 2).reshape(B, T, -1), weights

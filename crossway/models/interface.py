@@ -3,10 +3,21 @@
 B batch, S source length, T target length, V target vocabulary.
 
 `memory` (from `encode`) and `state` (from `decode_step`) are dicts of tensors whose first dimension is the
-batch. That single rule is what lets search stay architecture-agnostic: beams are expanded, reordered and
-finished sentences dropped with `select_batch`, whatever the model keeps inside (an RNN hidden state, a
-key/value cache, projected encoder keys). Models that attend put the last step's attention weights,
-(B, S) or (B, heads, S) or (B, layers, heads, S), under `state["attn"]`.
+batch. That single rule is what lets search stay architecture-agnostic: beams are reordered and finished
+sentences dropped with `select_batch`, whatever the model keeps inside (an RNN hidden state, a key/value cache,
+projected encoder keys).
+
+Grouped rows: `decode_step` may decode G times as many rows as memory has (G = rows // memory rows); rows
+g*G .. g*G + G - 1 decode against memory row g. Beam search passes one memory row per sentence and its K beams
+as rows, so a source is stored and read once per step, not K times; greedy search and sampling use G = 1.
+
+Attention: asked with `decode_step(..., attention=True)`, models that attend put the step's attention weights,
+(B, S) or (B, heads, S) or (B, layers, heads, S), under `state["attn"]`; otherwise they may leave them out (the
+Transformer then runs fused attention and keeps no weights). Search asks only when
+`DecodeConfig.return_attention` is set.
+
+A state is consumed by the next `decode_step`, which may write into its tensors in place (the Transformer's
+cache); keep a copy with `select_batch` to branch from one state twice.
 """
 
 from __future__ import annotations
@@ -25,8 +36,10 @@ class Seq2Seq(Protocol):
         """src (B, S) ids, src_mask (B, S) bool (True = token) -> memory, batch-first tensors."""
         ...
 
-    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None) -> tuple[Tensor, State]:
-        """prev_tokens (B,) -> logits (B, V) for the next token and the new state (None before step 1)."""
+    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None,
+                    attention: bool = False) -> tuple[Tensor, State]:
+        """prev_tokens (B,) -> logits (B, V) for the next token and the new state (None before step 1);
+        with attention=True the state also holds the step's attention weights under "attn"."""
         ...
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:

@@ -51,7 +51,7 @@ class Positions(nn.Module):
             raise ValueError(f"positions must be one of {list(POSITIONS)}, not {kind!r}")
 
     def forward(self, positions: Tensor) -> Tensor:
-        """positions (B, L) long -> (B, L, D)."""
+        """positions (...) long, e.g. (B, L) -> (..., D)."""
         if int(positions.max()) >= self.max_len:
             raise ValueError(f"position {int(positions.max())} is beyond max_positions={self.max_len}")
         return self.learned(positions + self.offset) if self.learned is not None else self.table[positions]

@@ -111,7 +111,9 @@ class RNNSeq2Seq(nn.Module):
             memory["keys"] = self.attention.project_keys(out)
         return memory
 
-    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None) -> tuple[Tensor, State]:
+    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None,
+                    attention: bool = False) -> tuple[Tensor, State]:
+        """The attention weights are computed anyway, so state["attn"] is always there (attention is ignored)."""
         features, state = self._step(prev_tokens, memory, state)
         return self._logits(features), state
 
@@ -123,12 +125,15 @@ class RNNSeq2Seq(nn.Module):
         return self._logits(torch.stack(feats, 1))  # (B, T, V): one output projection for all steps
 
     # --- internals ------------------------------------------------------------------------------------
-    def _init_state(self, memory: Memory) -> State:
-        state = {"h": memory["h0"]}
+    def _init_state(self, memory: Memory, rows: int) -> State:
+        """The decoder starts from the final encoder state, repeated for each of the `rows` // B rows decoded
+        against one source (beam search's beams)."""
+        group = rows // memory["h0"].size(0)
+        state = {"h": memory["h0"].repeat_interleave(group, 0)}
         if "c0" in memory:
-            state["c"] = memory["c0"]
+            state["c"] = memory["c0"].repeat_interleave(group, 0)
         if self.cfg.attention.startswith("luong"):
-            state["feed"] = torch.zeros_like(memory["h0"][:, -1])  # h~_0 = 0
+            state["feed"] = torch.zeros_like(state["h"][:, -1])  # h~_0 = 0
         return state
 
     def _run_rnn(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -144,7 +149,7 @@ class RNNSeq2Seq(nn.Module):
         return out.squeeze(1), new  # top layer output (B, E)
 
     def _step(self, prev: Tensor, memory: Memory, state: State | None) -> tuple[Tensor, State]:
-        state = self._init_state(memory) if state is None else state
+        state = self._init_state(memory, prev.size(0)) if state is None else state
         emb = self.drop(self.embed(prev))  # (B, emb)
         kind = self.cfg.attention
         if kind == "none":

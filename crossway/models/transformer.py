@@ -21,6 +21,10 @@ from crossway.models.attention import MultiHeadAttention
 from crossway.models.interface import Memory, State, check_sizes
 from crossway.models.layers import ACTIVATIONS, POSITIONS, FeedForward, Positions
 
+# the self-attention cache grows by this many positions when full: beam search copies the whole buffer when it
+# reorders beams, so spare capacity costs time at every step; growing costs one copy per CACHE_CHUNK steps
+CACHE_CHUNK = 16
+
 
 @dataclass(frozen=True, kw_only=True)
 class TransformerConfig:
@@ -73,6 +77,28 @@ class Sublayer(nn.Module):
         return y if self.pre_norm else self.norm(y)
 
 
+class Tokens:
+    """The real positions of a padded batch, mask (B, S) -> N tokens. The encoder's projections, feed-forward
+    and norms run on the (N, D) real tokens only (padding is often a third of a length-sorted batch); attention
+    unpacks them to (B, S, D), zeros at padding, which the mask hides (CTranslate2's Padder does the same)."""
+
+    def __init__(self, mask: Tensor):
+        self.shape = mask.shape
+        self.index = mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of the real tokens
+        self.dense = self.index.numel() == mask.numel()  # no padding: packing is a reshape
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, S, ...) -> (N, ...)."""
+        x = x.reshape(-1, *x.shape[2:])
+        return x if self.dense else x.index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (B, S, ...), zeros at padding."""
+        if not self.dense:
+            x = x.new_zeros(self.shape.numel(), *x.shape[1:]).index_copy(0, self.index, x)
+        return x.view(*self.shape, *x.shape[1:])
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -81,10 +107,12 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout, cfg.activation)
         self.sub_attn, self.sub_ff = Sublayer(cfg.d_model, cfg.dropout, pre), Sublayer(cfg.d_model, cfg.dropout, pre)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x (B, S, D), mask (B, 1, 1, S) -> (B, S, D)."""
-        h = self.sub_attn.inner(x)
-        x = self.sub_attn.merge(x, self.self_attn(h, *self.self_attn.project_kv(h), mask)[0])
+    def forward(self, x: Tensor, tokens: Tokens, mask: Tensor) -> Tensor:
+        """x (N, D), the real tokens of a padded batch; mask (B, 1, 1, S) -> (N, D). Only attention sees the
+        padded layout."""
+        a, h = self.self_attn, self.sub_attn.inner(x)
+        q, k, v = (a.split(tokens.unpack(proj(h))) for proj in (a.q_proj, a.k_proj, a.v_proj))  # (B, H, S, Dh)
+        x = self.sub_attn.merge(x, a.out_proj(tokens.pack(a.attend(q, k, v, mask)[0])))
         return self.sub_ff.merge(x, self.ff(self.sub_ff.inner(x)))
 
 
@@ -102,10 +130,17 @@ class DecoderLayer(nn.Module):
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """x (B, T, D) with self-attention keys/values already covering every position it may see.
 
-        -> (B, T, D) and, when asked, cross-attention weights (B, H, T, S)."""
+        The cross-attention keys/values cover B / G sources, each shared by G consecutive rows (beam search's
+        beams): their queries attend together as G * T positions, so the source is read once per step, not G
+        times. -> (B, T, D) and, when asked, cross-attention weights (B, H, T, S)."""
         x = self.sub_self.merge(x, self.self_attn(self.sub_self.inner(x), *self_kv, self_mask)[0])
-        out, weights = self.cross_attn(self.sub_cross.inner(x), *cross_kv, cross_mask, need_weights)
-        x = self.sub_cross.merge(x, out)
+        B, T, D = x.shape
+        G = B // cross_kv[0].size(0)
+        h = self.sub_cross.inner(x).reshape(B // G, G * T, D)  # (B / G, G * T, D)
+        out, weights = self.cross_attn(h, *cross_kv, cross_mask, need_weights)
+        if weights is not None:  # (B / G, H, G * T, S) -> (B, H, T, S)
+            weights = weights.unflatten(2, (G, T)).transpose(1, 2).flatten(0, 1)
+        x = self.sub_cross.merge(x, out.reshape(B, T, D))
         return self.sub_ff.merge(x, self.ff(self.sub_ff.inner(x))), weights
 
 
@@ -148,32 +183,42 @@ class Transformer(nn.Module):
     # --- protocol -------------------------------------------------------------------------------------
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
         B, S = src.shape
-        pos = torch.arange(S, device=src.device).expand(B, S)
-        x = self.drop(self.src_embed_norm(self.src_embed(src) * self.scale + self.src_pos(pos)))  # (B, S, D)
+        tokens = Tokens(src_mask)
+        ids, pos = tokens.pack(src), tokens.pack(torch.arange(S, device=src.device).expand(B, S))  # (N,)
+        x = self.drop(self.src_embed_norm(self.src_embed(ids) * self.scale + self.src_pos(pos)))  # (N, D)
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         for layer in self.encoder:
-            x = layer(x, mask)
+            x = layer(x, tokens, mask)
         x = self.enc_norm(x)
         memory = {"mask": src_mask}
-        for i, layer in enumerate(self.decoder):
-            memory[f"ck{i}"], memory[f"cv{i}"] = layer.cross_attn.project_kv(x)  # (B, H, S, Dh), once per source
+        for i, layer in enumerate(self.decoder):  # cross-attention keys and values, once per source
+            a = layer.cross_attn
+            # (B, H, S, Dh), contiguous: attention over a strided view would copy it at every step
+            memory[f"ck{i}"], memory[f"cv{i}"] = (a.split(tokens.unpack(p(x))).contiguous() for p in (a.k_proj,
+                                                                                                       a.v_proj))
         return memory
 
-    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None) -> tuple[Tensor, State]:
+    def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None,
+                    attention: bool = False) -> tuple[Tensor, State]:
+        """With attention=True, also the cross-attention weights (B, L, H, S) under state["attn"], computed
+        explicitly; without, every attention runs fused (scaled_dot_product_attention) and none are kept."""
         B = prev_tokens.size(0)
         pos = state["pos"] if state is not None else torch.zeros(B, dtype=torch.long, device=prev_tokens.device)
+        t = int(pos[0]) if state is not None else 0  # every row is at the same step
         x = self._embed_target(prev_tokens[:, None], pos[:, None])  # (B, 1, D)
         cross_mask = memory["mask"][:, None, None, :]
         new: State = {"pos": pos + 1}
         attn = []
         for i, layer in enumerate(self.decoder):
             k, v = layer.self_attn.project_kv(layer.sub_self.inner(x))  # (B, H, 1, Dh)
-            if state is not None:
-                k, v = torch.cat([state[f"k{i}"], k], 2), torch.cat([state[f"v{i}"], v], 2)  # (B, H, t, Dh)
-            new[f"k{i}"], new[f"v{i}"] = k, v
-            x, w = layer(x, (k, v), None, (memory[f"ck{i}"], memory[f"cv{i}"]), cross_mask, need_weights=True)
-            attn.append(w[:, :, 0])  # (B, H, S)
-        new["attn"] = torch.stack(attn, 1)  # (B, L, H, S)
+            old = (None, None) if state is None else (state[f"k{i}"], state[f"v{i}"])
+            new[f"k{i}"], new[f"v{i}"] = _append(old[0], k, t), _append(old[1], v, t)  # (B, H, C, Dh)
+            kv = new[f"k{i}"][:, :, : t + 1], new[f"v{i}"][:, :, : t + 1]  # (B, H, t + 1, Dh)
+            x, w = layer(x, kv, None, (memory[f"ck{i}"], memory[f"cv{i}"]), cross_mask, attention)
+            if attention:
+                attn.append(w[:, :, 0])  # (B, H, S)
+        if attention:
+            new["attn"] = torch.stack(attn, 1)  # (B, L, H, S)
         return self.generator(self.dec_norm(x))[:, 0], new
 
     def _embed_target(self, tokens: Tensor, pos: Tensor) -> Tensor:
@@ -194,6 +239,22 @@ class Transformer(nn.Module):
             kv = layer.self_attn.project_kv(layer.sub_self.inner(x))
             x, _ = layer(x, kv, causal, (memory[f"ck{i}"], memory[f"cv{i}"]), cross_mask)
         return self.generator(self.dec_norm(x))  # (B, T, V)
+
+
+def _append(cache: Tensor | None, new: Tensor, t: int) -> Tensor:
+    """The self-attention cache (B, H, C, Dh) with `new` (B, H, 1, Dh) written at position t; positions after t
+    are spare capacity. Without autograd the write is in place and C grows by CACHE_CHUNK when full, so a step
+    costs no O(t) copy of a concatenation (which also allocated a new buffer every step). Under autograd
+    (stepwise scheduled sampling) each step gets a fresh tensor: tensors saved for backward must not change."""
+    grad = torch.is_grad_enabled()
+    if cache is None or t == cache.size(2) or grad:
+        B, H, _, Dh = new.shape
+        grown = new.new_empty(B, H, t + 1 if grad else t + CACHE_CHUNK, Dh)
+        if t:
+            grown[:, :, :t] = cache[:, :, :t]
+        cache = grown
+    cache[:, :, t: t + 1] = new
+    return cache
 
 
 def build_transformer(cfg: TransformerConfig, src_vocab: int, tgt_vocab: int) -> Transformer:

@@ -117,17 +117,17 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
     paths = d.train.split(",")
     if len(paths) > 1 and not d.streaming:
         raise ConfigError(f"data.train names {len(paths)} files: several training corpora need data.streaming=true")
+    train_pairs = None if d.streaming else list(read(d.train))  # (errors in the training file come first)
     valid_pairs = list(read(d.valid))
     if codecs is None:
-        all_pairs = lambda: (p for path in paths for p in read(path))  # noqa: E731
-        codecs = load_codecs(d.vocab) if d.vocab else build_codecs(d, all_pairs() if d.streaming else
-                                                                   list(all_pairs()))
+        streamed = (p for path in paths for p in read(path))
+        codecs = load_codecs(d.vocab) if d.vocab else build_codecs(d, streamed if d.streaming else train_pairs)
     src, tgt = codecs
     if d.streaming:
         weights = [float(w) for w in d.train_weights.split(",")] if d.train_weights else None
         train, reports = StreamingCorpus.scan(paths, weights, read, src, tgt, d.max_src_len, d.max_tgt_len)
     else:
-        train, report = encode_pairs(list(read(d.train)), src, tgt, d.max_src_len, d.max_tgt_len, d.train)
+        train, report = encode_pairs(train_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.train)
         reports = [report]
     valid, valid_report = encode_pairs(valid_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.valid)
     for report in (*reports, valid_report):

@@ -19,7 +19,7 @@ class ScriptedModel(nn.Module):
     def encode(self, src: Tensor, src_mask: Tensor) -> dict[str, Tensor]:
         return {"mask": src_mask}
 
-    def decode_step(self, prev: Tensor, memory, state):
+    def decode_step(self, prev: Tensor, memory, state, attention: bool = False):
         hist = prev[:, None] if state is None else torch.cat([state["hist"], prev[:, None]], 1)
         logits = torch.full((prev.size(0), self.vocab), -1e9)
         for r, seq in enumerate(hist[:, 1:].tolist()):

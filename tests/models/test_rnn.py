@@ -85,3 +85,20 @@ def test_bad_options_are_rejected():
         RNNConfig(attention="luong")
     with pytest.raises(ValueError, match="cell"):
         RNNConfig(cell="rnn")
+
+
+@pytest.mark.parametrize("attention,cell", VARIANTS)
+def test_rows_share_memory_in_groups(attention, cell):
+    """G rows per memory row (beam search's beams) decode as against memory repeated G times."""
+    model = make(attention, cell)
+    src, mask, _ = batch()
+    memory, G = model.encode(src, mask), 3
+    repeated = select_batch(memory, torch.arange(3).repeat_interleave(G))
+    prev = torch.cat([torch.ones(9, 1, dtype=torch.long), torch.randint(4, 13, (9, 3))], 1)
+    grouped = expanded = None
+    for t in range(prev.size(1)):
+        a, grouped = model.decode_step(prev[:, t], memory, grouped)
+        b, expanded = model.decode_step(prev[:, t], repeated, expanded)
+        assert (a - b).abs().max() <= 1e-6
+        if attention != "none":
+            assert (grouped["attn"] - expanded["attn"]).abs().max() <= 1e-6

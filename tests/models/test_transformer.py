@@ -22,20 +22,45 @@ def batch():
     return src, src != 0, tgt_in
 
 
+@pytest.mark.parametrize("attention", [False, True], ids=["fused", "weights"])
 @pytest.mark.parametrize("kw", OPTIONS)
-def test_cached_steps_equal_full_recompute(kw):
-    """Incremental decoding with the key/value cache gives the logits of the full teacher-forced pass."""
+def test_cached_steps_equal_full_recompute(kw, attention):
+    """Incremental decoding with the key/value cache gives the logits of the full teacher-forced pass: with fused
+    attention and with explicit weights, with the cache written in place (no autograd) and copied (autograd)."""
     model = make(**kw)
     assert isinstance(model, Seq2Seq)
     src, mask, tgt_in = batch()
     full = model(src, mask, tgt_in)
-    memory, state, steps = model.encode(src, mask), None, []
-    for t in range(tgt_in.size(1)):
-        logits, state = model.decode_step(tgt_in[:, t], memory, state)
-        steps.append(logits)
-        assert state["k0"].shape == (3, 2, t + 1, 8)  # (B, H, t, Dh): grows by one position per step
-        assert state["attn"].shape == (3, 2, 2, 5)  # (B, layers, heads, S)
-        assert torch.all(state["attn"][2, :, :, 1:] == 0)  # padding gets no cross-attention
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            memory, state, steps = model.encode(src, mask), None, []
+            for t in range(tgt_in.size(1)):
+                logits, state = model.decode_step(tgt_in[:, t], memory, state, attention=attention)
+                steps.append(logits)
+                assert state["k0"].shape[:2] == (3, 2) and state["k0"].size(2) >= t + 1  # (B, H, capacity, Dh)
+                assert state["pos"].tolist() == [t + 1] * 3
+                if attention:
+                    assert state["attn"].shape == (3, 2, 2, 5)  # (B, layers, heads, S)
+                    assert torch.all(state["attn"][2, :, :, 1:] == 0)  # padding gets no cross-attention
+                else:
+                    assert "attn" not in state
+        assert (torch.stack(steps, 1) - full).abs().max() <= 1e-5
+
+
+def test_cache_grows_past_its_first_capacity():
+    from crossway.models.transformer import CACHE_CHUNK
+
+    model = make()
+    src, mask, _ = batch()
+    T = 2 * CACHE_CHUNK + 3
+    tgt_in = torch.cat([torch.ones(3, 1, dtype=torch.long), torch.randint(4, 13, (3, T - 1))], 1)
+    with torch.inference_mode():
+        full = model(src, mask, tgt_in)
+        memory, state, steps = model.encode(src, mask), None, []
+        for t in range(T):
+            logits, state = model.decode_step(tgt_in[:, t], memory, state)
+            steps.append(logits)
+    assert state["k0"].size(2) == 3 * CACHE_CHUNK  # grown twice
     assert (torch.stack(steps, 1) - full).abs().max() <= 1e-5
 
 
@@ -97,3 +122,22 @@ def test_split_sinusoids_are_the_interleaved_ones_regrouped():
     from crossway.models.layers import sinusoidal_split_table, sinusoidal_table
     inter, split = sinusoidal_table(50, 16), sinusoidal_split_table(50, 16)
     assert (torch.cat([inter[:, 0::2], inter[:, 1::2]], 1) - split).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("attention", [False, True], ids=["fused", "weights"])
+def test_rows_share_memory_in_groups(attention):
+    """G rows per memory row (beam search's beams) decode as against memory repeated G times."""
+    model = make()
+    src, mask, _ = batch()
+    memory, G = model.encode(src, mask), 3
+    repeated = select_batch(memory, torch.arange(3).repeat_interleave(G))
+    prev = torch.cat([torch.ones(9, 1, dtype=torch.long), torch.randint(4, 13, (9, 3))], 1)
+    grouped = expanded = None
+    for t in range(prev.size(1)):
+        a, grouped = model.decode_step(prev[:, t], memory, grouped, attention=attention)
+        b, expanded = model.decode_step(prev[:, t], repeated, expanded, attention=attention)
+        assert (a - b).abs().max() <= 1e-5
+        if attention:
+            assert (grouped["attn"] - expanded["attn"]).abs().max() <= 1e-6
+    full = model.decode_prefix(prev, memory)  # teacher forcing accepts grouped rows too
+    assert (full[:, -1] - a).abs().max() <= 1e-5
