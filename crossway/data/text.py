@@ -131,7 +131,6 @@ def read_text_pair(src_path: str | Path, tgt_path: str | Path) -> list[Pair]:
 
 def iter_text_pair(src_path: str | Path, tgt_path: str | Path) -> Iterator[Pair]:
     """read_text_pair, one pair at a time (the line-count check comes when the shorter file ends)."""
-    n = 0
     for n, (s, t) in enumerate(itertools.zip_longest(iter_lines(src_path), iter_lines(tgt_path)), start=1):
         if s is None or t is None:
             src_n, tgt_n = _count_lines(src_path), _count_lines(tgt_path)

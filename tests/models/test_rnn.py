@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from crossway.models import RNNConfig, Seq2Seq, build_rnn, select_batch
+from tests.models.grouped import grouped_and_repeated_steps
 
 VARIANTS = [(a, c) for a in ("none", "bahdanau", "luong_dot", "luong_general") for c in ("gru", "lstm")]
 
@@ -90,15 +91,8 @@ def test_bad_options_are_rejected():
 @pytest.mark.parametrize("attention,cell", VARIANTS)
 def test_rows_share_memory_in_groups(attention, cell):
     """G rows per memory row (beam search's beams) decode as against memory repeated G times."""
-    model = make(attention, cell)
     src, mask, _ = batch()
-    memory, G = model.encode(src, mask), 3
-    repeated = select_batch(memory, torch.arange(3).repeat_interleave(G))
-    prev = torch.cat([torch.ones(9, 1, dtype=torch.long), torch.randint(4, 13, (9, 3))], 1)
-    grouped = expanded = None
-    for t in range(prev.size(1)):
-        a, grouped = model.decode_step(prev[:, t], memory, grouped)
-        b, expanded = model.decode_step(prev[:, t], repeated, expanded)
+    for a, b, grouped, expanded in grouped_and_repeated_steps(make(attention, cell), src, mask)[2]:
         assert (a - b).abs().max() <= 1e-6
         if attention != "none":
             assert (grouped["attn"] - expanded["attn"]).abs().max() <= 1e-6

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from crossway.models import Seq2Seq, TransformerConfig, build_transformer, select_batch
+from tests.models.grouped import grouped_and_repeated_steps
 
 OPTIONS = [{}, {"norm": "post"}, {"positions": "learned"}, {"activation": "gelu", "tie_embeddings": False},
            {"positions": "sinusoidal_split", "activation": "silu", "norm": "post"},  # Marian
@@ -129,13 +130,8 @@ def test_rows_share_memory_in_groups(attention):
     """G rows per memory row (beam search's beams) decode as against memory repeated G times."""
     model = make()
     src, mask, _ = batch()
-    memory, G = model.encode(src, mask), 3
-    repeated = select_batch(memory, torch.arange(3).repeat_interleave(G))
-    prev = torch.cat([torch.ones(9, 1, dtype=torch.long), torch.randint(4, 13, (9, 3))], 1)
-    grouped = expanded = None
-    for t in range(prev.size(1)):
-        a, grouped = model.decode_step(prev[:, t], memory, grouped, attention=attention)
-        b, expanded = model.decode_step(prev[:, t], repeated, expanded, attention=attention)
+    memory, prev, steps = grouped_and_repeated_steps(model, src, mask, attention=attention)
+    for a, b, grouped, expanded in steps:
         assert (a - b).abs().max() <= 1e-5
         if attention:
             assert (grouped["attn"] - expanded["attn"]).abs().max() <= 1e-6
