@@ -344,10 +344,11 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
                     _log_window(log, bar, state, window, lr)
                 group = list(itertools.islice(batches, per_update))  # the next update's; [] when the epoch is over
                 tick = time.monotonic()  # (reading streamed data counts as training time only in the step above)
-                signalled, limited = d.any(bool(stop.reason), bool(_limit(state, tc)))  # all ranks agree
+                limit = _limit(state, tc)
+                signalled, limited = d.any(bool(stop.reason), bool(limit))  # all ranks agree
                 if signalled:
                     stop.reason = stop.reason or "a signal to another rank"
-                state.stop_reason = stop.reason or ((_limit(state, tc) or "a limit on another rank") if limited else "")
+                state.stop_reason = stop.reason or (limit or "a limit on another rank" if limited else "")
                 if state.stop_reason:
                     break
             bar.close()
@@ -363,8 +364,9 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
             if epoch_end:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             _validate_and_save(model, optimizer, data, cfg, state, log, out, epoch_end, fingerprint, d.main)
-            (limited,) = d.any(bool(_limit(state, tc)))
-            state.stop_reason = (_limit(state, tc) or "a limit on another rank") if limited else ""
+            limit = _limit(state, tc)
+            (limited,) = d.any(bool(limit))
+            state.stop_reason = limit or "a limit on another rank" if limited else ""
     if state.best_metric is not None:
         print(f"stopped: {state.stop_reason}; best {tc.metric} {state.best_metric:.4f} at epoch {state.best_epoch}",
               flush=True)
