@@ -164,7 +164,8 @@ def _model_config(c: dict, where: Path) -> TransformerConfig:
         return TransformerConfig(
             d_model=c["d_model"], heads=c["encoder_attention_heads"], ff_dim=c["encoder_ffn_dim"],
             enc_layers=c["encoder_layers"], dec_layers=c["decoder_layers"], dropout=float(c.get("dropout", 0.1)),
-            attn_dropout=float(c.get("attention_dropout", 0.0)), activation=ACT_IN[c.get("activation_function",
+            attn_dropout=float(c.get("attention_dropout", 0.0)),
+            activation_dropout=float(c.get("activation_dropout", 0.0)), activation=ACT_IN[c.get("activation_function",
                                                                                           "gelu")],
             norm="post", positions="learned" if bart else "sinusoidal_split",
             max_positions=c.get("max_position_embeddings", 1024), position_offset=2 if bart else 0,
@@ -409,7 +410,9 @@ def _hf_config(cfg: TransformerConfig, mtype: str, V_hf: int, ids: dict, meta: d
         "d_model": cfg.d_model, "encoder_layers": cfg.enc_layers, "decoder_layers": cfg.dec_layers,
         "encoder_attention_heads": cfg.heads, "decoder_attention_heads": cfg.heads,
         "encoder_ffn_dim": cfg.ff_dim, "decoder_ffn_dim": cfg.ff_dim, "activation_function": ACT_OUT[cfg.activation],
-        "dropout": cfg.dropout, "attention_dropout": cfg.attn_dropout, "max_position_embeddings": cfg.max_positions,
+        "dropout": cfg.dropout, "attention_dropout": cfg.attn_dropout,
+        "activation_dropout": cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout,
+        "max_position_embeddings": cfg.max_positions,
         "scale_embedding": cfg.scale_embeddings, "tie_word_embeddings": cfg.tie_embeddings,
         "pad_token_id": ids["pad"], "eos_token_id": ids["eos"], "decoder_start_token_id": ids["start"],
         "is_encoder_decoder": True})

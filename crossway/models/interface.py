@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
 
 Memory = dict[str, Tensor]
 State = dict[str, Tensor]
@@ -42,9 +42,12 @@ class Seq2Seq(Protocol):
         with attention=True the state also holds the step's attention weights under "attn"."""
         ...
 
-    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for target inputs tgt_in (B, T) that start with bos."""
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, features: bool = False) -> Tensor:
+        """Teacher-forced logits (B, T, V) for target inputs tgt_in (B, T) that start with bos; with
+        features=True the input (B, T, F) of `generator` instead, so logits = generator(features)."""
         ...
+
+    generator: nn.Linear  # the output layer F -> V (training applies it inside the loss, a slice at a time)
 
 
 def check_sizes(section: str, cfg, positive: tuple[str, ...], probabilities: tuple[str, ...]) -> None:

@@ -115,14 +115,15 @@ class RNNSeq2Seq(nn.Module):
                     attention: bool = False) -> tuple[Tensor, State]:
         """The attention weights are computed anyway, so state["attn"] is always there (attention is ignored)."""
         features, state = self._step(prev_tokens, memory, state)
-        return self._logits(features), state
+        return self.generator(self._features(features)), state
 
-    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, features: bool = False) -> Tensor:
         memory, state, feats = self.encode(src, src_mask), None, []
         for t in range(tgt_in.size(1)):
             f, state = self._step(tgt_in[:, t], memory, state)
             feats.append(f)
-        return self._logits(torch.stack(feats, 1))  # (B, T, V): one output projection for all steps
+        f = self._features(torch.stack(feats, 1))  # (B, T, F)
+        return f if features else self.generator(f)  # (B, T, V): one output projection for all steps
 
     # --- internals ------------------------------------------------------------------------------------
     def _init_state(self, memory: Memory, rows: int) -> State:
@@ -169,10 +170,9 @@ class RNNSeq2Seq(nn.Module):
         state["attn"] = attn  # (B, S)
         return self.drop(feat), state
 
-    def _logits(self, features: Tensor) -> Tensor:
-        if self.bottleneck is not None:
-            features = self.bottleneck(features)
-        return self.generator(features)
+    def _features(self, out: Tensor) -> Tensor:
+        """The generator's input: the decoder output, through the bottleneck when embeddings are tied."""
+        return self.bottleneck(out) if self.bottleneck is not None else out
 
 
 def build_rnn(cfg: RNNConfig, src_vocab: int, tgt_vocab: int) -> RNNSeq2Seq:

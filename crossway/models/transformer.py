@@ -36,6 +36,7 @@ class TransformerConfig:
     dec_layers: int = 3
     dropout: float = 0.1
     attn_dropout: float = 0.0
+    activation_dropout: float | None = None  # inside the feed-forward block, after the activation; None: = dropout
     activation: str = "relu"  # relu | gelu (erf) | silu (= swish) | gelu_tanh
     norm: str = "pre"  # pre (pre-norm, the default) | post (the paper; no final encoder/decoder norm)
     positions: str = "sinusoidal"  # sinusoidal (sin/cos interleaved) | sinusoidal_split (sin half, cos half) | learned
@@ -57,8 +58,14 @@ class TransformerConfig:
             raise ValueError(f"model.activation must be one of {list(ACTIVATIONS)}, not {self.activation!r}")
         check_sizes("model", self, ("d_model", "heads", "ff_dim", "enc_layers", "dec_layers", "max_positions"),
                     ("dropout", "attn_dropout"))
+        if self.activation_dropout is not None and not 0 <= self.activation_dropout < 1:
+            raise ValueError(f"model.activation_dropout must be in [0, 1), got {self.activation_dropout}")
         if self.d_model % self.heads:
             raise ValueError(f"model.d_model={self.d_model} must be divisible by model.heads={self.heads}")
+
+
+def _ff_dropout(cfg: TransformerConfig) -> float:
+    return cfg.dropout if cfg.activation_dropout is None else cfg.activation_dropout
 
 
 class Sublayer(nn.Module):
@@ -104,7 +111,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         pre = cfg.norm == "pre"
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attn_dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout, cfg.activation)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, _ff_dropout(cfg), cfg.activation)
         self.sub_attn, self.sub_ff = Sublayer(cfg.d_model, cfg.dropout, pre), Sublayer(cfg.d_model, cfg.dropout, pre)
 
     def forward(self, x: Tensor, tokens: Tokens, mask: Tensor) -> Tensor:
@@ -122,7 +129,7 @@ class DecoderLayer(nn.Module):
         pre = cfg.norm == "pre"
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attn_dropout)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attn_dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout, cfg.activation)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, _ff_dropout(cfg), cfg.activation)
         self.sub_self, self.sub_cross, self.sub_ff = (Sublayer(cfg.d_model, cfg.dropout, pre) for _ in range(3))
 
     def forward(self, x: Tensor, self_kv: tuple[Tensor, Tensor], self_mask: Tensor | None,
@@ -225,11 +232,12 @@ class Transformer(nn.Module):
         """tokens, pos (B, T) -> (B, T, D)."""
         return self.drop(self.tgt_embed_norm(self.tgt_embed(tokens) * self.scale + self.tgt_pos(pos)))
 
-    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        return self.decode_prefix(tgt_in, self.encode(src, src_mask))
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, features: bool = False) -> Tensor:
+        return self.decode_prefix(tgt_in, self.encode(src, src_mask), features)
 
-    def decode_prefix(self, tgt_in: Tensor, memory: Memory) -> Tensor:
-        """Teacher-forced decoder over a whole prefix (B, T) -> logits (B, T, V), causal mask, no cache."""
+    def decode_prefix(self, tgt_in: Tensor, memory: Memory, features: bool = False) -> Tensor:
+        """Teacher-forced decoder over a whole prefix (B, T) -> logits (B, T, V), causal mask, no cache; with
+        features=True the generator's input (B, T, D) instead."""
         B, T = tgt_in.shape
         pos = torch.arange(T, device=tgt_in.device).expand(B, T)
         x = self._embed_target(tgt_in, pos)  # (B, T, D)
@@ -238,7 +246,8 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder):
             kv = layer.self_attn.project_kv(layer.sub_self.inner(x))
             x, _ = layer(x, kv, causal, (memory[f"ck{i}"], memory[f"cv{i}"]), cross_mask)
-        return self.generator(self.dec_norm(x))  # (B, T, V)
+        x = self.dec_norm(x)
+        return x if features else self.generator(x)  # (B, T, D) or (B, T, V)
 
 
 def _append(cache: Tensor | None, new: Tensor, t: int) -> Tensor:

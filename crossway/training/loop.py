@@ -44,10 +44,10 @@ from crossway.training.checkpoint import (
     save_checkpoint,
 )
 from crossway.training.distributed import Dist, init_distributed, shutdown
-from crossway.training.losses import label_smoothed_ce
+from crossway.training.losses import generator_ce
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
 from crossway.training.precision import Precision
-from crossway.training.scheduled_sampling import training_logits, truth_probability
+from crossway.training.scheduled_sampling import training_loss, truth_probability
 
 ONE_PROCESS = Dist()
 LOWER_IS_BETTER = {"wer": True, "per": True, "cer": True, "loss": True, "exact_match": False, "bleu": False,
@@ -200,7 +200,8 @@ def validate(model, data: RunData, cfg: RunConfig) -> dict:
     nll, ntok = 0.0, 0
     for idx in token_budget_batches(data.valid, cfg.train.max_tokens, shuffle=False):
         b = collate([data.valid[i] for i in idx], idx).to(next(model.parameters()).device)
-        _, batch_nll, n = label_smoothed_ce(model(b.src, b.src_mask, b.tgt_in).float(), b.tgt_out, 0.0)
+        _, batch_nll, n = generator_ce(model(b.src, b.src_mask, b.tgt_in, features=True), model.generator,
+                                       b.tgt_out, 0.0)
         nll, ntok = nll + float(batch_nll), ntok + n
     metrics = evaluate_pairs(model, data.src, data.tgt, data.valid_pairs, cfg.decode).metrics
     model.train()
@@ -444,8 +445,8 @@ def _step(model, optimizer, batches: list, tc, step: int, lr: float, precision: 
     nll_sum, skipped = 0.0, ""
     for b in batches:
         with precision.autocast():
-            logits = training_logits(model, b.src, b.src_mask, b.tgt_in, tc.scheduled_sampling, p_model)
-        loss, nll, _ = label_smoothed_ce(logits.float(), b.tgt_out, tc.label_smoothing)
+            loss, nll, _ = training_loss(model, b.src, b.src_mask, b.tgt_in, b.tgt_out, tc.scheduled_sampling,
+                                         p_model, tc.label_smoothing)
         if not torch.isfinite(loss):
             skipped = "non-finite loss"
             break

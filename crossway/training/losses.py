@@ -1,21 +1,119 @@
-"""Losses. B batch, T target length, V vocabulary."""
+"""Losses. B batch, T target length, F output features, V vocabulary, N non-pad target tokens.
+
+Both losses are label-smoothed cross-entropy (Szegedy et al. 2016) over the non-pad target positions:
+(1 - eps) * nll + eps * mean over the vocabulary of -log p, the form of PyTorch's `cross_entropy(...,
+label_smoothing=eps)`. `label_smoothed_ce` takes logits; `generator_ce` takes the features the output layer
+reads and applies the layer itself, a slice of rows at a time, so the (N, V) logits, their log-probabilities
+and their gradient never exist whole: on a CPU those tensors (4,000 x 8,000 floats = 128 MB each for one
+Bible batch) cost more in memory traffic and page faults than the output layer's matrix products.
+"""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from crossway.data.tokenizers import PAD_ID
 
+# rows of logits per slice in generator_ce: about this many floats (8 MB), enough rows to keep the matrix products
+# efficient, few enough that a slice stays in cache
+SLICE_FLOATS = 1 << 21
+
 
 def label_smoothed_ce(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor, int]:
-    """logits (B, T, V), target (B, T) with PAD_ID at padding -> (loss sum, nll sum, non-pad tokens).
+    """logits (B, T, V), target (B, T) with PAD_ID at padding -> (loss sum, nll sum (detached), tokens N).
 
-    Padding positions contribute nothing (ignore_index); smoothing spreads `smoothing` mass uniformly over
-    the vocabulary (Szegedy et al. 2016). The nll sum (no smoothing) is what perplexity is computed from.
-    """
-    flat_logits, flat_target = logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1)
-    loss = F.cross_entropy(flat_logits, flat_target, ignore_index=PAD_ID, label_smoothing=smoothing,
-                           reduction="sum")
-    nll = F.cross_entropy(flat_logits.detach(), flat_target, ignore_index=PAD_ID, reduction="sum")
-    return loss, nll, int((flat_target != PAD_ID).sum())
+    Padding positions contribute nothing; the nll sum (no smoothing) is what perplexity is computed from."""
+    flat_target = target.reshape(-1)
+    keep = flat_target != PAD_ID
+    logp = F.log_softmax(logits.reshape(-1, logits.size(-1))[keep].float(), -1)  # (N, V)
+    nll = -logp.gather(1, flat_target[keep, None]).sum()
+    loss = (1 - smoothing) * nll - smoothing * logp.mean(-1).sum() if smoothing else nll
+    return loss, nll.detach(), int(keep.sum())
+
+
+def generator_ce(features: Tensor, generator: nn.Linear, target: Tensor,
+                 smoothing: float) -> tuple[Tensor, Tensor, int]:
+    """features (B, T, F), the input of the output layer `generator` (F -> V), target (B, T) -> the same
+    (loss sum, nll sum, tokens N) as `label_smoothed_ce(generator(features), target, smoothing)`.
+
+    The gradients are computed in the forward pass, slice by slice, and only scaled in the backward pass. Under
+    autocast the two matrix products run in the autocast dtype, as they would in `generator`; the softmax and
+    the loss are computed in float32."""
+    flat_target = target.reshape(-1)
+    keep = flat_target != PAD_ID
+    rows = features.reshape(-1, features.size(-1))[keep]  # (N, F)
+    dtype = torch.get_autocast_dtype(rows.device.type) if torch.is_autocast_enabled(rows.device.type) else None
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                for t in (rows, generator.weight, generator.bias))
+    loss, nll = _GeneratorCE.apply(rows, generator.weight, generator.bias, flat_target[keep], smoothing, dtype,
+                                   need_grad)
+    return loss, nll, int(keep.sum())
+
+
+class _GeneratorCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, weight, bias, target, smoothing, dtype, need_grad):
+        # rows (N, F), weight (V, F), bias (V,) or None, target (N,). The slice buffers are allocated once per
+        # call and reused: a fresh multi-megabyte tensor per slice costs its page faults every time
+        N, V = rows.size(0), weight.size(0)
+        dtype, f32, dev = dtype or rows.dtype, torch.float32, rows.device
+        step = min(N, max(1, SLICE_FLOATS // V))
+        with torch.autocast(dev.type, enabled=False):
+            h_all, w = rows.to(dtype), weight.to(dtype)
+            wt = w.t()
+            loss, nll = torch.zeros((), dtype=f32, device=dev), torch.zeros((), dtype=f32, device=dev)
+            logits_buf = torch.empty(step, V, dtype=f32, device=dev)
+            low = torch.empty(step, V, dtype=dtype, device=dev) if dtype != f32 else None  # products' dtype
+            if need_grad:
+                g_rows = torch.empty(N, rows.size(1), dtype=f32, device=dev)
+                g_weight = torch.zeros(weight.shape, dtype=f32, device=dev)
+                g_bias = None if bias is None else torch.zeros(V, dtype=f32, device=dev)
+                w_part = torch.empty(weight.shape, dtype=dtype, device=dev) if low is not None else None
+            for s in range(0, N, step):
+                h, t = h_all[s:s + step], target[s:s + step]
+                n = h.size(0)
+                logits = logits_buf[:n]  # (n, V) float32
+                if low is None:
+                    torch.mm(h, wt, out=logits)
+                else:
+                    logits.copy_(torch.mm(h, wt, out=low[:n]))
+                if bias is not None:
+                    logits += bias
+                target_logit, mean_logit = logits.gather(1, t[:, None])[:, 0], logits.mean(1)  # (n,)
+                top = logits.amax(1, keepdim=True)  # (n, 1)
+                probs = logits.sub_(top).exp_()  # in place: logits are not needed any more
+                total = probs.sum(1, keepdim=True)
+                lse = top[:, 0] + total[:, 0].log()  # log sum exp logits
+                target_nll = lse - target_logit  # -log p(target)
+                nll += target_nll.sum()
+                loss += (1 - smoothing) * target_nll.sum() + smoothing * (lse - mean_logit).sum()
+                if not need_grad:
+                    continue
+                g = probs.div_(total)  # d loss / d logits = softmax - (1 - eps) onehot - eps / V
+                if smoothing:
+                    g.sub_(smoothing / V)
+                g[torch.arange(n, device=dev), t] -= 1 - smoothing
+                if g_bias is not None:
+                    g_bias += g.sum(0)
+                if low is None:
+                    torch.mm(g, w, out=g_rows[s:s + n])
+                    g_weight.addmm_(g.t(), h)
+                else:
+                    g = low[:n].copy_(g)
+                    g_rows[s:s + n] = torch.mm(g, w)
+                    g_weight += torch.mm(g.t(), h, out=w_part)
+        ctx.mark_non_differentiable(nll)
+        if need_grad:
+            ctx.save_for_backward(*(x for x in (g_rows, g_weight, g_bias) if x is not None))
+            ctx.has_bias, ctx.dtypes = bias is not None, (rows.dtype, weight.dtype)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_nll):
+        saved = ctx.saved_tensors
+        g_rows = (saved[0] * grad_loss).to(ctx.dtypes[0])
+        g_weight = (saved[1] * grad_loss).to(ctx.dtypes[1])
+        g_bias = (saved[2] * grad_loss).to(ctx.dtypes[1]) if ctx.has_bias else None
+        return g_rows, g_weight, g_bias, None, None, None, None

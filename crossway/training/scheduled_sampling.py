@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from crossway.data.tokenizers import PAD_ID
+from crossway.training.losses import generator_ce, label_smoothed_ce
 
 MODES = ("none", "stepwise", "two_pass")
 SCHEDULES = ("linear", "exponential", "inverse_sigmoid")
@@ -56,13 +57,15 @@ def stepwise_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Ten
     return torch.stack(out, 1)
 
 
-def two_pass_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, p_model: float) -> Tensor:
-    """(B, T, V) logits of a second teacher-forced pass whose inputs mix references and first-pass argmaxes."""
+def two_pass_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, p_model: float,
+                    features: bool = False) -> Tensor:
+    """(B, T, V) logits of a second teacher-forced pass whose inputs mix references and first-pass argmaxes
+    (with features=True, that pass's generator input (B, T, F))."""
     with torch.no_grad():
         predicted = model(src, src_mask, tgt_in).argmax(-1)  # (B, T): prediction for position t + 1
     mixed = tgt_in.clone()
     mixed[:, 1:] = mix(tgt_in[:, 1:], predicted[:, :-1], p_model)
-    return model(src, src_mask, mixed)
+    return model(src, src_mask, mixed, features=features)
 
 
 def training_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, mode: str,
@@ -72,3 +75,17 @@ def training_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Ten
         return model(src, src_mask, tgt_in)
     fn = stepwise_logits if mode == "stepwise" else two_pass_logits
     return fn(model, src, src_mask, tgt_in, p_model)
+
+
+def training_loss(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, tgt_out: Tensor, mode: str,
+                  p_model: float, smoothing: float) -> tuple[Tensor, Tensor, int]:
+    """(loss sum, nll sum, target tokens) of one batch. Teacher forcing and the two-pass mode hand the
+    generator's input to `generator_ce`, which never builds the whole (B, T, V) logits; stepwise sampling
+    produces logits step by step anyway."""
+    if mode == "stepwise" and p_model > 0:
+        return label_smoothed_ce(stepwise_logits(model, src, src_mask, tgt_in, p_model), tgt_out, smoothing)
+    if mode == "two_pass" and p_model > 0:
+        feats = two_pass_logits(model, src, src_mask, tgt_in, p_model, features=True)
+    else:
+        feats = model(src, src_mask, tgt_in, features=True)
+    return generator_ce(feats, model.generator, tgt_out, smoothing)
