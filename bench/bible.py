@@ -36,6 +36,7 @@ from crossway.data.text import read_corpus
 from crossway.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from crossway.inference import set_threads
 from crossway.metrics import sacrebleu_scores
+from crossway.training.average import average_checkpoints, list_step_checkpoints
 from crossway.training.loop import build_codecs, prepare_data
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
 
@@ -183,14 +184,17 @@ def evaluate(args) -> list[dict]:
     rows = []
     run = OUT / args.direction / "crossway"
     stop = records(run / "metrics.jsonl", "stop")[-1]
-    for which in ("best", "last"):
-        loaded = cw.load_checkpoint(run, which)
+    systems = {"best": cw.load_checkpoint(run, "best"), "last": cw.load_checkpoint(run, "last")}
+    steps = list_step_checkpoints(run)[-args.average:]
+    if args.average > 1 and len(steps) == args.average:  # checkpoint averaging costs no training time
+        systems[f"average of last {args.average}"] = average_checkpoints(steps, run / "averaged")
+    for which, loaded in systems.items():
         t0 = time.perf_counter()
         hyps = [t.text for t in cw.translate(loaded.model, loaded.src, loaded.tgt, sources, beam)]
         rows.append({"system": f"crossway ({which})", "decode_s": time.perf_counter() - t0,
                      "tok_s": stop["tgt_tokens"] / stop["train_seconds"], "steps": stop["step"],
                      **_scores(hyps, refs)})
-        (OUT / args.direction / f"crossway-{which}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        (OUT / args.direction / f"crossway-{which.split()[0]}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     hf_stop = records(OUT / args.direction / "hf" / "metrics.jsonl", "stop")[-1]
     codec = cw.load_checkpoint(run).src
     hyps, secs = translate_hf(args, sources, cfg, codec)
@@ -217,6 +221,7 @@ def main() -> None:
     p.add_argument("--decode-batch", type=int, default=32, help="HF generate batch (sentences)")
     p.add_argument("--decode-tokens", type=int, default=2000, help="crossway decoding batch (source tokens)")
     p.add_argument("--test-limit", type=int, default=0, help="score only the first N test verses (smoke runs)")
+    p.add_argument("--average", type=int, default=5, help="also score the mean of the last N step checkpoints")
     p.add_argument("--no-train", action="store_true", help="only translate and score existing runs")
     p.add_argument("--hf-train", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -96,3 +96,14 @@ def test_rows_share_memory_in_groups(attention, cell):
         assert (a - b).abs().max() <= 1e-6
         if attention != "none":
             assert (grouped["attn"] - expanded["attn"]).abs().max() <= 1e-6
+
+
+def test_rnn_features_are_the_generators_input():
+    for tie in (False, True):
+        torch.manual_seed(0)
+        model = build_rnn(RNNConfig(emb_dim=8, hidden=12, layers=1, attention="bahdanau", tie_embeddings=tie,
+                                    dropout=0.0), 15, 15).eval()
+        src = torch.tensor([[5, 6, 7], [4, 5, 0]])
+        tgt_in = torch.tensor([[1, 4, 5], [1, 7, 0]])
+        feats = model(src, src != 0, tgt_in, features=True)
+        assert torch.equal(model.generator(feats), model(src, src != 0, tgt_in))

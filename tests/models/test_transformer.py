@@ -137,3 +137,38 @@ def test_rows_share_memory_in_groups(attention):
             assert (grouped["attn"] - expanded["attn"]).abs().max() <= 1e-6
     full = model.decode_prefix(prev, memory)  # teacher forcing accepts grouped rows too
     assert (full[:, -1] - a).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kw", OPTIONS)
+def test_features_are_the_generators_input(kw):
+    """forward(..., features=True) is what `generator` turns into forward's logits (the training loss applies
+    the generator itself)."""
+    model = make(**kw)
+    src, mask, tgt_in = batch()
+    assert torch.equal(model.generator(model(src, mask, tgt_in, features=True)), model(src, mask, tgt_in))
+
+
+def test_activation_dropout_defaults_to_dropout_and_can_differ():
+    model = make(dropout=0.3)
+    assert model.encoder[0].ff.drop.p == 0.3 and model.decoder[0].sub_ff.drop.p == 0.3
+    model = make(dropout=0.3, activation_dropout=0.0)
+    assert model.encoder[0].ff.drop.p == 0.0 and model.decoder[0].ff.drop.p == 0.0
+    assert model.decoder[0].sub_ff.drop.p == 0.3  # the residual dropout stays
+    with pytest.raises(ValueError, match="activation_dropout"):
+        TransformerConfig(activation_dropout=1.0)
+
+
+def test_training_under_bf16_autocast_runs_attention_in_fp32():
+    """CPU autocast: attention runs in float32 while training (its bf16 backward is slow), so the loss and the
+    gradients stay close to float32's."""
+    from crossway.training.losses import generator_ce
+
+    model = make().train()
+    src, mask, tgt_in = batch()
+    tgt_out = torch.cat([tgt_in[:, 1:], torch.zeros(3, 1, dtype=torch.long)], 1)
+    loss32, _, _ = generator_ce(model(src, mask, tgt_in, features=True), model.generator, tgt_out, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, _, _ = generator_ce(model(src, mask, tgt_in, features=True), model.generator, tgt_out, 0.1)
+    assert abs(float(loss16 - loss32)) < 0.02 * float(loss32)
+    loss16.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
