@@ -68,15 +68,6 @@ def two_pass_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Ten
     return model(src, src_mask, mixed, features=features)
 
 
-def training_logits(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, mode: str,
-                    p_model: float) -> Tensor:
-    """The logits the training loss is computed on: plain teacher forcing when mode is "none" or p_model 0."""
-    if mode == "none" or p_model <= 0:
-        return model(src, src_mask, tgt_in)
-    fn = stepwise_logits if mode == "stepwise" else two_pass_logits
-    return fn(model, src, src_mask, tgt_in, p_model)
-
-
 def training_loss(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, tgt_out: Tensor, mode: str,
                   p_model: float, smoothing: float) -> tuple[Tensor, Tensor, int]:
     """(loss sum, nll sum, target tokens) of one batch. Teacher forcing and the two-pass mode hand the

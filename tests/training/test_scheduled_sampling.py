@@ -8,7 +8,7 @@ from crossway.models import RNNConfig, TransformerConfig, build_rnn, build_trans
 from crossway.training.scheduled_sampling import (
     mix,
     stepwise_logits,
-    training_logits,
+    training_loss,
     truth_probability,
     two_pass_logits,
 )
@@ -43,8 +43,23 @@ def test_probability_zero_equals_teacher_forcing(make, fn):
     mask = SRC != 0
     reference = model(SRC, mask, TGT_IN)
     assert torch.allclose(fn(model, SRC, mask, TGT_IN, 0.0), reference, atol=1e-5)
-    assert torch.equal(training_logits(model, SRC, mask, TGT_IN, "two_pass", 0.0), reference)
-    assert torch.equal(training_logits(model, SRC, mask, TGT_IN, "stepwise", 0.0), reference)
+    # the training loss with probability 0 is teacher forcing's, exactly, in every mode
+    tgt_out = torch.cat([TGT_IN[:, 1:], torch.zeros(2, 1, dtype=torch.long)], 1)
+    forced = training_loss(model, SRC, mask, TGT_IN, tgt_out, "none", 0.0, 0.1)
+    for mode in ("two_pass", "stepwise"):
+        loss, nll, n = training_loss(model, SRC, mask, TGT_IN, tgt_out, mode, 0.0, 0.1)
+        assert torch.equal(loss, forced[0]) and torch.equal(nll, forced[1]) and n == forced[2]
+
+
+@pytest.mark.parametrize("mode", ["two_pass", "stepwise"])
+def test_training_loss_with_sampling_differs_from_teacher_forcing(mode):
+    model = transformer().eval()
+    mask = SRC != 0
+    tgt_out = torch.cat([TGT_IN[:, 1:], torch.zeros(2, 1, dtype=torch.long)], 1)
+    forced, _, _ = training_loss(model, SRC, mask, TGT_IN, tgt_out, "none", 0.0, 0.1)
+    torch.manual_seed(1)
+    mixed, _, n = training_loss(model, SRC, mask, TGT_IN, tgt_out, mode, 1.0, 0.1)
+    assert n == 6 and not torch.allclose(mixed, forced)
 
 
 def test_probability_one_feeds_predictions():
