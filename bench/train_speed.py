@@ -51,17 +51,19 @@ def updates(cfg: cw.RunConfig, vocab: int):
 
         def update(b) -> int:
             if name == "crossway":
-                loss, _, n = generator_ce(model(b.src, b.src_mask, b.tgt_in, features=True), model.generator,
-                                          b.tgt_out, tc.label_smoothing)
+                total, _, n = generator_ce(model(b.src, b.src_mask, b.tgt_in, features=True), model.generator,
+                                           b.tgt_out, tc.label_smoothing)
+                loss = total / n
             elif name == "crossway, full logits":
-                loss, _, n = label_smoothed_ce(model(b.src, b.src_mask, b.tgt_in), b.tgt_out, tc.label_smoothing)
+                total, _, n = label_smoothed_ce(model(b.src, b.src_mask, b.tgt_in), b.tgt_out, tc.label_smoothing)
+                loss = total / n
             else:
                 logits = model(input_ids=b.src, attention_mask=b.src_mask.long(), decoder_input_ids=b.tgt_in).logits
                 labels = b.tgt_out.masked_fill(b.tgt_out == PAD_ID, -100)
                 n = int((labels != -100).sum())
-                loss = smoother({"logits": logits}, labels, num_items_in_batch=n) * n
+                loss = smoother({"logits": logits}, labels, num_items_in_batch=n)  # already per token
             opt.zero_grad(set_to_none=True)
-            (loss / n).backward()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
             opt.step()
             return n

@@ -60,7 +60,7 @@ class _GeneratorCE(torch.autograd.Function):
         # call and reused (measured: a fresh 8 MB tensor per slice made the bf16 update 8% slower)
         N, V = rows.size(0), weight.size(0)
         dtype, f32, dev = dtype or rows.dtype, torch.float32, rows.device
-        step = min(N, max(1, SLICE_FLOATS // V))
+        step = max(1, min(N, SLICE_FLOATS // V))  # (N = 0: no slices, zero loss)
         with torch.autocast(dev.type, enabled=False):
             h_all, w = rows.to(dtype), weight.to(dtype)
             wt = w.t()
@@ -87,9 +87,9 @@ class _GeneratorCE(torch.autograd.Function):
                 probs = logits.sub_(top).exp_()  # in place: logits are not needed any more
                 total = probs.sum(1, keepdim=True)
                 lse = top[:, 0] + total[:, 0].log()  # log sum exp logits
-                target_nll = lse - target_logit  # -log p(target)
-                nll += target_nll.sum()
-                loss += (1 - smoothing) * target_nll.sum() + smoothing * (lse - mean_logit).sum()
+                slice_nll = (lse - target_logit).sum()  # -log p(target), summed
+                nll += slice_nll
+                loss += (1 - smoothing) * slice_nll + smoothing * (lse - mean_logit).sum()
                 if not need_grad:
                     continue
                 g = probs.div_(total)  # d loss / d logits = softmax - (1 - eps) onehot - eps / V

@@ -158,17 +158,30 @@ def test_activation_dropout_defaults_to_dropout_and_can_differ():
         TransformerConfig(activation_dropout=1.0)
 
 
-def test_training_under_bf16_autocast_runs_attention_in_fp32():
-    """CPU autocast: attention runs in float32 while training (its bf16 backward is slow), so the loss and the
-    gradients stay close to float32's."""
+def test_training_under_bf16_autocast_runs_attention_in_fp32(monkeypatch):
+    """CPU autocast: attention gets float32 inputs while training (its bf16 backward is slow) and bf16 ones when
+    not; the loss stays close to float32's and the gradients finite."""
     from crossway.training.losses import generator_ce
 
+    real, seen = torch.nn.functional.scaled_dot_product_attention, []
+
+    def spy(q, k, v, **kw):
+        seen.append(q.dtype)
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     model = make().train()
     src, mask, tgt_in = batch()
     tgt_out = torch.cat([tgt_in[:, 1:], torch.zeros(3, 1, dtype=torch.long)], 1)
     loss32, _, _ = generator_ce(model(src, mask, tgt_in, features=True), model.generator, tgt_out, 0.1)
+    seen.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss16, _, _ = generator_ce(model(src, mask, tgt_in, features=True), model.generator, tgt_out, 0.1)
+    assert seen and set(seen) == {torch.float32}
+    seen.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(src, mask, tgt_in)
+    assert seen and set(seen) == {torch.bfloat16}
     assert abs(float(loss16 - loss32)) < 0.02 * float(loss32)
     loss16.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())

@@ -117,3 +117,11 @@ def test_label_smoothed_ce_equals_pytorch():
     loss, nll, n = label_smoothed_ce(logits, target, 0.2)
     ref_loss, ref_nll = _reference(generator, features.detach(), target, 0.2)
     assert n == 9 and torch.allclose(loss, ref_loss, atol=1e-5) and torch.allclose(nll, ref_nll, atol=1e-5)
+
+
+def test_generator_ce_with_no_target_tokens_is_zero():
+    from crossway.training.losses import generator_ce
+
+    generator, features, _ = _case()
+    loss, nll, n = generator_ce(features, generator, torch.zeros(3, 5, dtype=torch.long), 0.1)
+    assert n == 0 and float(loss) == 0.0 and float(nll) == 0.0
