@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from crossway.data.tokenizers import BOS_ID, EOS_ID
-from crossway.decoding.common import DecodeConfig, Hypothesis, Processor, length_penalty, max_lengths, step_log_probs
+from crossway.decoding.common import DecodeConfig, Hypothesis, Processor, length_penalty, max_lengths, top_log_probs
 from crossway.models.interface import Seq2Seq, select_batch
 
 NEG_INF = float("-inf")
@@ -45,10 +45,11 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
     for t in range(int(limits.max())):
         logits, state = model.decode_step(prev, memory, state, attention=cfg.return_attention)
         at_limit = t + 1 >= limits[sent]  # (Ba,)
-        logp = step_log_probs(logits, tokens, cfg, processors, last=at_limit.repeat_interleave(K))  # (rows, V)
-        Ba, V = scores.size(0), logp.size(-1)
-        top_scores, top_idx = (scores.view(-1, 1) + logp).view(Ba, K * V).topk(2 * K, dim=1)  # (Ba, 2K)
-        beam, tok = top_idx // V, top_idx % V
+        # each row's 2K best tokens hold every candidate that can be among its sentence's 2K best
+        Ba, C = scores.size(0), min(2 * K, logits.size(-1))
+        logp, ids = top_log_probs(logits, tokens, cfg, processors, C, last=at_limit.repeat_interleave(K))  # (rows, C)
+        top_scores, top_idx = (scores.view(-1, 1) + logp).view(Ba, K * C).topk(2 * K, dim=1)  # (Ba, 2K)
+        beam, tok = top_idx // C, ids.view(Ba, K * C).gather(1, top_idx)
         step_attn = state.get("attn").float() if cfg.return_attention and "attn" in state else None
         # eos among the K best candidates finishes a hypothesis (at most K of the 2K can be eos: one per beam);
         # under the hf rules, at the length limit the K best candidates all finish

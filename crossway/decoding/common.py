@@ -112,3 +112,28 @@ def step_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors
         logp[last] = float("-inf")
         logp[last, EOS_ID] = 0.0
     return logp
+
+
+def top_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors: Sequence[Processor], k: int,
+                  last: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The k most probable next tokens of each row, (B, k) log-probabilities and (B, k) ids, best first: what
+    `step_log_probs` followed by a top-k gives. Without processors no (B, V) log-probabilities are made: the
+    top-k runs on the logits (masked in place: search owns the logits a model returns) and only the (B,)
+    log-normaliser is subtracted. With k = 1, the first of equal maxima (argmax)."""
+    if processors:
+        logp = step_log_probs(logits, tokens, cfg, processors, last)
+        return logp.max(-1, keepdim=True) if k == 1 else logp.topk(k, dim=-1)
+    x = logits.float()
+    log_z = torch.logsumexp(x, -1, keepdim=True)  # (B, 1), over every token, as log_softmax normalises
+    x[:, PAD_ID] = float("-inf")
+    x[:, BOS_ID] = float("-inf")
+    if tokens.size(1) < cfg.min_len:
+        x[:, EOS_ID] = float("-inf")
+    values, ids = x.max(-1, keepdim=True) if k == 1 else x.topk(k, dim=-1)
+    values = values - log_z
+    if cfg.force_eos and last is not None and bool(last.any()):
+        last = last.to(values.device)
+        values[last] = float("-inf")
+        values[last, 0] = 0.0
+        ids[last, 0] = EOS_ID
+    return values, ids

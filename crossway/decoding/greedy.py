@@ -9,7 +9,14 @@ import torch
 from torch import Tensor
 
 from crossway.data.tokenizers import BOS_ID, EOS_ID
-from crossway.decoding.common import DecodeConfig, Hypothesis, Processor, max_lengths, step_log_probs
+from crossway.decoding.common import (
+    DecodeConfig,
+    Hypothesis,
+    Processor,
+    max_lengths,
+    step_log_probs,
+    top_log_probs,
+)
 from crossway.models.interface import Seq2Seq, select_batch
 
 
@@ -26,10 +33,8 @@ def filter_top_k_top_p(logp: Tensor, top_k: int, top_p: float) -> Tensor:
     return logp
 
 
-def choose_tokens(logp: Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> Tensor:
-    """(B, V) log-probs -> (B,) next tokens: argmax, or a sample from the tempered, filtered distribution."""
-    if cfg.strategy != "sample":
-        return logp.max(-1).indices  # = argmax (first of equal maxima), 3x faster on CPU for (B, 8000)
+def sample_tokens(logp: Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> Tensor:
+    """(B, V) log-probs -> (B,) next tokens sampled from the tempered, filtered distribution."""
     probs = filter_top_k_top_p(logp / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
@@ -51,11 +56,15 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConf
     steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []  # (rows, tokens, logprobs, attention)
     for t in range(int(limits.max())):
         logits, state = model.decode_step(prev, memory, state, attention=cfg.return_attention)
-        logp = step_log_probs(logits, tokens, cfg, processors, last=t + 1 >= limits[active])
-        tok = choose_tokens(logp, cfg, generator)  # (B,)
+        last = t + 1 >= limits[active]
+        if generator is not None:
+            logp = step_log_probs(logits, tokens, cfg, processors, last)
+            tok = sample_tokens(logp, cfg, generator)  # (B,)
+            tok_logp = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
+        else:  # argmax, without the (B, V) log-probabilities
+            tok_logp, tok = (x.squeeze(1) for x in top_log_probs(logits, tokens, cfg, processors, 1, last))
         attn = state.get("attn") if cfg.return_attention else None
-        steps.append((active, tok.cpu(), logp.gather(1, tok.unsqueeze(1)).squeeze(1).cpu(),
-                      None if attn is None else attn.float().cpu()))
+        steps.append((active, tok.cpu(), tok_logp.cpu(), None if attn is None else attn.float().cpu()))
         done = (tok == EOS_ID).cpu() | (t + 1 >= limits[active])
         if bool(done.all()):
             break

@@ -17,7 +17,9 @@ Transformer then runs fused attention and keeps no weights). Search asks only wh
 `DecodeConfig.return_attention` is set.
 
 A state is consumed by the next `decode_step`, which may write into its tensors in place (the Transformer's
-cache); keep a copy with `select_batch` to branch from one state twice.
+cache); keep a copy with `select_batch` to branch from one state twice. The logits `decode_step` returns belong
+to the caller, which may change them in place (search masks them rather than copying (B, V) every step): a
+model must not keep them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from crossway.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from crossway.decoding import DecodeConfig, no_repeat_ngram
+from crossway.decoding.common import step_log_probs, top_log_probs
+
+
+def logits(rows=6, vocab=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, vocab, generator=g) * 3
+    x[:, PAD_ID] += 10  # the masked tokens would win if they were not masked
+    x[:, BOS_ID] += 10
+    return x
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("cfg,t", [(DecodeConfig(), 3), (DecodeConfig(min_len=5), 3),
+                                   (DecodeConfig(force_eos=True), 3)])
+def test_top_log_probs_equal_the_top_of_step_log_probs(k, cfg, t):
+    x, tokens = logits(), torch.randint(4, 50, (6, t))
+    last = torch.tensor([False, True, False, False, True, False])
+    ref_values, ref_ids = step_log_probs(x.clone(), tokens, cfg, [], last).topk(k, dim=-1)
+    values, ids = top_log_probs(x.clone(), tokens, cfg, [], k, last)
+    assert values.shape == ids.shape == (6, k)
+    torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=0)  # log-probs under the full softmax
+    finite = ref_values.isfinite()
+    assert torch.equal(ids[finite], ref_ids[finite])
+    assert not ((ids == PAD_ID) | (ids == BOS_ID))[finite].any()
+    if cfg.min_len > t:
+        assert not (ids == EOS_ID).any()
+    if cfg.force_eos:  # rows at their last step can only end, with log-probability 0
+        assert (ids[last, 0] == EOS_ID).all() and (values[last, 0] == 0).all()
+        assert (values[last, 1:] == float("-inf")).all()
+
+
+def test_k1_is_the_argmax():
+    x = logits(vocab=8)
+    x[0, 5] = x[0, 6] = 100.0  # a tie: the first index wins, as argmax
+    values, ids = top_log_probs(x.clone(), torch.empty(6, 0, dtype=torch.long), DecodeConfig(), [], 1)
+    assert ids[0, 0] == 5
+    ref = step_log_probs(x.clone(), torch.empty(6, 0, dtype=torch.long), DecodeConfig(), [])
+    assert torch.equal(ids[:, 0], ref.argmax(-1))
+
+
+def test_processors_take_the_full_path():
+    x, tokens = logits(rows=1, vocab=10), torch.tensor([[4, 7, 4]])
+    x[0, 7] = 50.0  # would repeat the bigram (4, 7)
+    values, ids = top_log_probs(x.clone(), tokens, DecodeConfig(), [no_repeat_ngram(2)], 1)
+    assert ids[0, 0] != 7 and values[0, 0].isfinite()
