@@ -194,7 +194,8 @@ def evaluate(args) -> list[dict]:
         rows.append({"system": f"crossway ({which})", "decode_s": time.perf_counter() - t0,
                      "tok_s": stop["tgt_tokens"] / stop["train_seconds"], "steps": stop["step"],
                      **_scores(hyps, refs)})
-        (OUT / args.direction / f"crossway-{which.split()[0]}.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        hyp_file = OUT / args.direction / f"crossway-{which.split()[0]}.hyp"
+        hyp_file.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     hf_stop = records(OUT / args.direction / "hf" / "metrics.jsonl", "stop")[-1]
     codec = cw.load_checkpoint(run).src
     hyps, secs = translate_hf(args, sources, cfg, codec)
