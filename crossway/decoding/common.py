@@ -96,15 +96,20 @@ def default_processors(cfg: DecodeConfig) -> list[Processor]:
     return [no_repeat_ngram(cfg.no_repeat_ngram)] if cfg.no_repeat_ngram > 0 else []
 
 
+def _forbid(x: Tensor, tokens: Tensor, cfg: DecodeConfig) -> Tensor:
+    """-inf, in place, for what no step may produce: pad and bos, and eos before min_len. x (B, V)."""
+    x[:, PAD_ID] = float("-inf")
+    x[:, BOS_ID] = float("-inf")
+    if tokens.size(1) < cfg.min_len:
+        x[:, EOS_ID] = float("-inf")
+    return x
+
+
 def step_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors: Sequence[Processor],
                    last: Tensor | None = None) -> Tensor:
     """Log-probabilities of the next token: pad and bos never, eos not before min_len, then the processors;
     with cfg.force_eos, rows at their last allowed step (`last`, (B,) bool) can only end (log-prob 0 for eos)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
-    logp[:, PAD_ID] = float("-inf")
-    logp[:, BOS_ID] = float("-inf")
-    if tokens.size(1) < cfg.min_len:
-        logp[:, EOS_ID] = float("-inf")
+    logp = _forbid(torch.log_softmax(logits.float(), dim=-1), tokens, cfg)  # (B, V)
     for process in processors:
         logp = process(logp, tokens)
     if cfg.force_eos and last is not None and bool(last.any()):
@@ -125,10 +130,7 @@ def top_log_probs(logits: Tensor, tokens: Tensor, cfg: DecodeConfig, processors:
         return logp.max(-1, keepdim=True) if k == 1 else logp.topk(k, dim=-1)
     x = logits.float()
     log_z = torch.logsumexp(x, -1, keepdim=True)  # (B, 1), over every token, as log_softmax normalises
-    x[:, PAD_ID] = float("-inf")
-    x[:, BOS_ID] = float("-inf")
-    if tokens.size(1) < cfg.min_len:
-        x[:, EOS_ID] = float("-inf")
+    x = _forbid(x, tokens, cfg)
     values, ids = x.max(-1, keepdim=True) if k == 1 else x.topk(k, dim=-1)
     values = values - log_z
     if cfg.force_eos and last is not None and bool(last.any()):

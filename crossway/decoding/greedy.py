@@ -65,7 +65,7 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConf
             tok_logp, tok = (x.squeeze(1) for x in top_log_probs(logits, tokens, cfg, processors, 1, last))
         attn = state.get("attn") if cfg.return_attention else None
         steps.append((active, tok.cpu(), tok_logp.cpu(), None if attn is None else attn.float().cpu()))
-        done = (tok == EOS_ID).cpu() | (t + 1 >= limits[active])
+        done = (tok == EOS_ID).cpu() | last
         if bool(done.all()):
             break
         tokens = torch.cat([tokens, tok.unsqueeze(1)], 1)
