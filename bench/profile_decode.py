@@ -19,13 +19,14 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from crossway.data.tokenizers import PAD_ID
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from speed import BATCH, OUT  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import BATCH, OUT, search_options  # noqa: E402
 
 
 def main() -> None:
@@ -47,14 +48,12 @@ def main() -> None:
     S = int(lengths.max())
     mask = torch.arange(S)[None] < lengths[:, None]
     src = torch.randint(4, 7999, (BATCH, S), generator=g).masked_fill(~mask, PAD_ID)  # (B, S) crossway ids
+    cfg, _, opts = search_options(args.beams, "forced", args.length)  # the settings bench/speed.py gives each engine
     if args.engine == "crossway":
         import crossway as cw
-        from crossway.decoding import DecodeConfig, decode
+        from crossway.decoding import decode
 
         model = cw.load_checkpoint(base / "crossway").model.eval()
-        cfg = DecodeConfig(strategy="beam" if args.beams > 1 else "greedy", beam_size=args.beams,
-                           beam_rules="hf", early_stopping=True, max_len_a=0.0, max_len_b=args.length,
-                           min_len=args.length)
         run = lambda: decode(model, src, mask, cfg)  # noqa: E731
     else:
         import ctranslate2
@@ -64,7 +63,6 @@ def main() -> None:
         batch = [[names[int(t)] for t in row[:n]] + ["</s>"] for row, n in zip(src, lengths.tolist(), strict=True)]
         translator = ctranslate2.Translator(str(base / "ct2"), device="cpu", compute_type=args.compute_type,
                                             intra_threads=args.threads)
-        opts = {"beam_size": args.beams, "max_decoding_length": args.length, "min_decoding_length": args.length}
         run = lambda: translator.translate_batch(batch, **opts)  # noqa: E731
     run()  # warm-up
     start = time.perf_counter()
