@@ -69,7 +69,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 500
-    schedule: str = "rsqrt"  # rsqrt (inverse square root after warm-up) | cosine | constant
+    schedule: str = "rsqrt"  # rsqrt (inverse sqrt after warm-up) | cosine | linear (to 0 at the end) | constant
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
     accum_steps: int = 1  # batches per optimizer update (gradient accumulation; the loss is per target token)
@@ -78,8 +78,8 @@ class TrainConfig:
     keep_checkpoints: int = 0  # keep the newest N validation-time checkpoints in RUN/checkpoints/ (to average)
     max_bad_batches: int = 10  # consecutive batches with a non-finite loss or gradient before training aborts
     max_epochs: int = 100
-    max_steps: int = 0  # 0 = no limit; also the length of the cosine schedule (else max_epochs)
-    max_minutes: float = 0.0  # wall-clock training budget, validation excluded; 0 = none
+    max_steps: int = 0  # 0 = no limit; also the end of cosine / linear schedules (else max_epochs)
+    max_minutes: float = 0.0  # wall-clock training budget, validation excluded; 0 = none; cosine / linear end here
     patience: int = 8  # early stopping: validations without improvement of `metric`
     metric: str = "wer"  # wer | per | cer | exact_match | loss | bleu | chrf | ter (early stopping and best/)
     log_every: int = 100  # steps between metric log lines
@@ -91,8 +91,8 @@ class TrainConfig:
     ss_floor: float = 0.75  # P(reference) never goes below this
 
     def __post_init__(self):
-        if self.schedule not in ("rsqrt", "cosine", "constant"):
-            raise ConfigError(f"train.schedule must be rsqrt, cosine or constant, not {self.schedule!r}")
+        if self.schedule not in ("rsqrt", "cosine", "linear", "constant"):
+            raise ConfigError(f"train.schedule must be rsqrt, cosine, linear or constant, not {self.schedule!r}")
         if self.metric not in ("wer", "per", "cer", "exact_match", "loss", "bleu", "chrf", "ter"):
             raise ConfigError(f"train.metric must be wer, per, cer, exact_match, loss, bleu, chrf or ter, not "
                               f"{self.metric!r}")

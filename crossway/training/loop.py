@@ -64,6 +64,7 @@ class TrainState:
     best_epoch: int = 0
     bad_validations: int = 0
     tgt_tokens: int = 0  # target tokens trained on (all ranks)
+    decay_start: float | None = None  # train_seconds when warm-up ended (schedules that end with the time budget)
     skipped_batches: int = 0  # updates skipped for a non-finite loss or gradient
     bad_in_row: int = 0
     stop_reason: str = ""
@@ -246,6 +247,19 @@ def _limit(state: TrainState, tc) -> str:
     return ""
 
 
+def _budget_used(state: TrainState, tc, d: Dist) -> float:
+    """For schedules that end with the time budget (cosine, linear): the fraction of the time left after warm-up
+    that is spent, so the decay starts at the peak where warm-up ends and reaches 0 when the budget runs out
+    (0 when nothing depends on it). Under torchrun the ranks' clocks differ a little; their mean keeps every
+    rank's learning rate the same."""
+    if not tc.max_minutes or tc.schedule not in ("cosine", "linear") or state.step < tc.warmup_steps:
+        return 0.0
+    seconds = d.sum(state.train_seconds) / d.world
+    if state.decay_start is None:
+        state.decay_start = seconds
+    return (seconds - state.decay_start) / max(1e-9, tc.max_minutes * 60 - state.decay_start)
+
+
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> TrainState:
     """Train the model `cfg` describes; checkpoints and logs go to cfg.train.out_dir.
 
@@ -326,7 +340,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
             tick, window = time.monotonic(), {"loss": 0.0, "tokens": 0, "seconds": 0.0}
             group = list(itertools.islice(batches, per_update))
             while group:
-                lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps)
+                used = _budget_used(state, tc, d)
+                lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps, used)
                 result = _step(model, optimizer, [collate(b, [e.line for e in b]).to(device) for b in d.shard(group)],
                                tc, state.step, lr, precision, d)
                 now = time.monotonic()

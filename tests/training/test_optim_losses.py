@@ -20,6 +20,42 @@ def test_cosine_reaches_zero():
     assert lr_factor(500, "constant", 10, 110) == 1.0
 
 
+def test_linear_reaches_zero():
+    assert lr_factor(9, "linear", 10, 110) == pytest.approx(1.0)
+    assert lr_factor(59, "linear", 10, 110) == pytest.approx(0.5)
+    assert lr_factor(84, "linear", 10, 110) == pytest.approx(0.25)
+    assert lr_factor(109, "linear", 10, 110) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_time_budget_ends_the_decay_first(schedule):
+    # 10% of the steps done but 75% of the time budget spent: the schedule follows the time
+    assert lr_factor(19, schedule, 10, 110, elapsed=0.75) == pytest.approx(lr_factor(84, schedule, 10, 110))
+    # the step count ends it first
+    assert lr_factor(84, schedule, 10, 110, elapsed=0.1) == pytest.approx(lr_factor(84, schedule, 10, 110))
+    assert lr_factor(20, schedule, 10, 110, elapsed=1.3) == 0.0
+    assert lr_factor(5, schedule, 10, 110, elapsed=0.9) == pytest.approx(0.6)  # warm-up is by step
+    assert lr_factor(500, "rsqrt", 10, 110, elapsed=0.9) == pytest.approx(math.sqrt(10 / 501))
+
+
+def test_budget_used_counts_from_the_end_of_warmup():
+    from crossway.config import TrainConfig
+    from crossway.training.loop import ONE_PROCESS, TrainState, _budget_used
+
+    tc = TrainConfig(schedule="linear", max_minutes=10, warmup_steps=100)
+    state = TrainState(step=50, train_seconds=30.0)
+    assert _budget_used(state, tc, ONE_PROCESS) == 0.0 and state.decay_start is None  # warming up
+    state.step, state.train_seconds = 100, 60.0  # warm-up ends a tenth into the budget: the decay starts there
+    assert _budget_used(state, tc, ONE_PROCESS) == 0.0 and state.decay_start == 60.0
+    state.step, state.train_seconds = 500, 330.0
+    assert _budget_used(state, tc, ONE_PROCESS) == pytest.approx(0.5)
+    state.train_seconds = 600.0
+    assert _budget_used(state, tc, ONE_PROCESS) == pytest.approx(1.0)
+    for other in (TrainConfig(schedule="rsqrt", max_minutes=10, warmup_steps=100),
+                  TrainConfig(schedule="linear", warmup_steps=100)):
+        assert _budget_used(TrainState(step=500, train_seconds=330.0), other, ONE_PROCESS) == 0.0
+
+
 def test_loss_ignores_padding():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 7)
