@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="run directory (or a checkpoint directory)")
+    p.add_argument("--model", required=required, action="append",
+                   help="run directory (or a checkpoint directory); repeat it to decode several models as an "
+                        "ensemble (the mean of their probabilities; same vocabularies)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--max-tokens", type=int, help="token budget of a decoding batch")
@@ -135,7 +137,7 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def _load(args) -> cw.LoadedModel:
     cw.set_threads(args.threads)
-    loaded = cw.load_checkpoint(args.model, args.checkpoint)
+    loaded = cw.load_models(args.model, args.checkpoint)
     return dataclasses.replace(loaded, model=cw.quantize(loaded.model, args.quantize))
 
 
@@ -183,11 +185,17 @@ def _evaluate(args) -> None:
         return
     if not args.model or not args.data:
         raise cw.ConfigError("evaluate needs --model RUN and --data FILE (or --score HYP --ref REF)")
+    if args.report:
+        path = Path(args.report)
+    elif len(args.model) == 1:
+        path = Path(args.model[0]) / f"eval-{Path(args.data).stem}.json"
+    else:
+        raise cw.ConfigError("an ensemble's report needs --report PATH (it belongs to no single run)")
     loaded = _load(args)
     cfg = _decode_cfg(args, loaded)
     result = cw.evaluate_file(loaded, args.data, cfg)
-    report = {"model": str(loaded.path), "data": args.data, "decode": dataclasses.asdict(cfg), **result.metrics}
-    path = Path(args.report) if args.report else Path(args.model) / f"eval-{Path(args.data).stem}.json"
+    model = args.model if len(args.model) > 1 else str(loaded.path)
+    report = {"model": model, "data": args.data, "decode": dataclasses.asdict(cfg), **result.metrics}
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if args.hyps:
         Path(args.hyps).write_text("".join(f"{s}\t{h}\n" for s, h in zip(result.sources, result.hypotheses,

@@ -104,6 +104,19 @@ def test_evaluate_writes_a_report(run, tmp_path):
     assert len((tmp_path / "h.tsv").read_text().splitlines()) == report["n"]
 
 
+def test_evaluate_and_translate_an_ensemble(served_runs, tmp_path):
+    runs = [str(served_runs["rnn"]), str(served_runs["transformer"])]
+    data = served_runs["rnn"].parent / "valid.tsv"
+    models = [a for r in runs for a in ("--model", r)]
+    p = cw("evaluate", *models, "--data", str(data), "--report", str(tmp_path / "r.json"))
+    assert p.returncode == 0, p.stderr.decode()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["model"] == runs and report["n"] > 0
+    assert_clean_error(cw("evaluate", *models, "--data", str(data)), "--report")
+    p = cw("translate", *models, "decode.strategy=beam", stdin="abc\nhgfe\n")
+    assert p.returncode == 0 and len(p.stdout.decode().splitlines()) == 2, p.stderr.decode()
+
+
 def test_bad_inputs_are_clean_errors(run, tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("abc\tc b a\nabd\td b a\textra\n")

@@ -125,6 +125,26 @@ def load_checkpoint(path: str | Path, which: str = "best") -> LoadedModel:
     return LoadedModel(model, config, src, tgt, ckpt)
 
 
+def load_models(paths: list[str | Path], which: str = "best") -> LoadedModel:
+    """One checkpoint, or several decoding as an ensemble (crossway.models.ensemble): the mean of their
+    next-token probabilities. An ensemble's members must have the same source and target vocabularies; its
+    config (decoding options, data limits) is the first member's."""
+    if not paths:
+        raise CheckpointError("no model given")
+    loaded = [load_checkpoint(p, which) for p in paths]
+    if len(loaded) == 1:
+        return loaded[0]
+    from crossway.models.ensemble import Ensemble
+
+    first = loaded[0]
+    for other in loaded[1:]:
+        for side in ("src", "tgt"):
+            if getattr(other, side).to_dict() != getattr(first, side).to_dict():
+                raise CheckpointError(f"{other.path}: its {side} vocabulary differs from {first.path}'s; "
+                                      "ensemble members must share both vocabularies (train them on the same data)")
+    return LoadedModel(Ensemble([m.model for m in loaded]).eval(), first.config, first.src, first.tgt, first.path)
+
+
 def load_trainer_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict:
     """Restore optimizer and RNG states saved by `save_checkpoint`; returns the trainer JSON."""
     try:
