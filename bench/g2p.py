@@ -6,7 +6,10 @@ PNG). Optionally the classic WFST peer Phonetisaurus, trained and decoded on the
     python bench/g2p.py --minutes 15 --threads 1                  # train and score every system
     python bench/g2p.py --systems transformer --minutes 60        # one system
     python bench/g2p.py --existing best=runs/g2p-rnn --no-train    # score runs trained elsewhere
+    python bench/g2p.py --no-train --systems "" --existing both=runs/a+runs/b   # an ensemble of two runs
     python bench/g2p.py --phonetisaurus                            # add the peer (pip install phonetisaurus)
+    python bench/g2p.py --systems transformer,rnn-bahdanau --side-by-side --threads 1 --minutes 60
+                                        # one process each at once, then each and their ensemble
 
 Results go to bench/out/g2p/: results.json, results.md (the tables) and wer_by_length.png.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -65,6 +69,20 @@ def run_system(name: str, args) -> None:
     cw.train(cw.load_config(ROOT / config, overrides), overwrite=True)
 
 
+def train_side_by_side(names: list[str], args) -> None:
+    """Train the systems at the same time, one process each (on a 2-core machine: two 1-thread runs in the
+    wall-clock time of one)."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked OpenMP state
+    procs = [ctx.Process(target=run_system, args=(name, args), name=name) for name in names]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [p.name for p in procs if p.exitcode != 0]
+    if failed:
+        raise SystemExit(f"training failed: {', '.join(failed)}")
+
+
 def words_per_second(loaded: cw.LoadedModel, words: list[str], batch: int, cfg: cw.DecodeConfig) -> float:
     start = time.perf_counter()
     for i in range(0, len(words), batch):
@@ -72,23 +90,35 @@ def words_per_second(loaded: cw.LoadedModel, words: list[str], batch: int, cfg: 
     return len(words) / (time.perf_counter() - start)
 
 
-def evaluate_run(run: Path, test: Path, threads: int) -> dict:
+def evaluate_run(runs: list[Path], test: Path, threads: int) -> dict:
+    """Score one run, or several as an ensemble (the mean of their probabilities)."""
     cw.set_threads(threads)
-    loaded = cw.load_checkpoint(run)
+    loaded = cw.load_models(runs)
     params = sum(p.numel() for p in loaded.model.parameters())
     greedy = dataclasses.replace(loaded.config.decode, strategy="greedy", max_tokens=100_000)
     beam = dataclasses.replace(greedy, strategy="beam", beam_size=5, length_penalty=1.0)
-    out = {"params": params, "model": dataclasses.asdict(loaded.config.model),
-           "budget_minutes": loaded.config.train.max_minutes, "threads": loaded.config.train.threads}
+    members = [cw.load_checkpoint(r).config for r in runs] if len(runs) > 1 else [loaded.config]
+    out = {"params": params, "runs": [str(r) for r in runs],
+           "model": [dataclasses.asdict(c.model) for c in members] if len(runs) > 1 else
+           dataclasses.asdict(loaded.config.model),
+           "budget_minutes": max(c.train.max_minutes for c in members),
+           "threads": [c.train.threads for c in members] if len(runs) > 1 else loaded.config.train.threads}
     for name, cfg in (("greedy", greedy), ("beam5", beam)):
         ev = cw.evaluate_file(loaded, str(test), cfg)
         out[name] = score(ev.sources, ev.references, ev.hypotheses)
         out[f"{name}_words_per_s_batch1"] = words_per_second(loaded, ev.sources[:SPEED_WORDS], 1, cfg)
         out[f"{name}_words_per_s_batch256"] = words_per_second(loaded, ev.sources, 256, cfg)
-    log = run / "metrics.jsonl"
-    out["train_seconds"] = json.loads(log.read_text().splitlines()[-1]).get("train_seconds") if log.exists() else None
+    seconds = [_train_seconds(r) for r in runs]  # members train side by side: the ensemble's is the longest
+    out["train_seconds"] = None if None in seconds else max(seconds)
     out.update(wer=out["greedy"]["wer"], per=out["greedy"]["per"], by_length=out["greedy"]["by_length"])
     return out
+
+
+def _train_seconds(run: Path) -> float | None:
+    log = run / "metrics.jsonl"
+    if not log.exists():  # a checkpoint directory (e.g. RUN/avg5): its run's log is one level up
+        log = run.parent / "metrics.jsonl"
+    return json.loads(log.read_text().splitlines()[-1]).get("train_seconds") if log.exists() else None
 
 
 def run_phonetisaurus(data: Path, threads: int) -> dict:
@@ -169,7 +199,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {list(SYSTEMS)}")
     ap.add_argument("--no-train", action="store_true", help="score the systems' existing runs")
-    ap.add_argument("--existing", action="append", default=[], help="NAME=RUN: also score a run trained elsewhere")
+    ap.add_argument("--existing", action="append", default=[],
+                    help="NAME=RUN: also score a run trained elsewhere; NAME=RUN1+RUN2: an ensemble of runs")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="train the systems at once, one process each with --threads threads, then also score "
+                         "their ensemble (the mean of their probabilities)")
     ap.add_argument("--phonetisaurus", action="store_true", help="add the Phonetisaurus peer")
     args = ap.parse_args()
     data, out = Path(args.data), ROOT / "bench/out/g2p"
@@ -186,13 +220,18 @@ def main() -> None:
         return results
 
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name in filter(None, args.systems.split(",")):
-        if not args.no_train:
+    names = list(filter(None, args.systems.split(",")))
+    if args.side_by_side and not args.no_train:
+        train_side_by_side(names, args)
+    for name in names:
+        if not args.no_train and not args.side_by_side:
             run_system(name, args)
-        results = save(name, evaluate_run(out / name, data / "test.tsv", args.threads))
+        results = save(name, evaluate_run([out / name], data / "test.tsv", args.threads))
+    if args.side_by_side and len(names) > 1:
+        results = save("+".join(names), evaluate_run([out / n for n in names], data / "test.tsv", args.threads))
     for item in args.existing:
-        name, _, run = item.partition("=")
-        results = save(name, evaluate_run(Path(run), data / "test.tsv", args.threads))
+        name, _, runs = item.partition("=")
+        results = save(name, evaluate_run([Path(r) for r in runs.split("+")], data / "test.tsv", args.threads))
     if args.phonetisaurus:
         results = save("phonetisaurus", run_phonetisaurus(data, args.threads))
     print(report(results, out))
