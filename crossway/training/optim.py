@@ -24,9 +24,9 @@ def lr_factor(step: int, schedule: str, warmup: int, total: int, elapsed: float 
 
     The end of cosine and linear is `total` steps or, when training has a time budget, the moment it is spent,
     whichever comes first: `elapsed` is the fraction of the time left after warm-up that is used (0 without a
-    budget; see loop._budget_used). Decaying to zero
-    exactly when the budget runs out is what works best under a fixed budget (Li et al. 2020, "Budgeted
-    Training"); a step count would have to be guessed from a throughput that depends on the machine."""
+    budget; see loop._budget_used). Decaying to zero exactly when the budget runs out is what Li et al. 2020
+    ("Budgeted Training") found to work best under a fixed budget; a step count would have to be guessed from a
+    throughput that depends on the machine."""
     s = step + 1
     if warmup > 0 and s <= warmup:
         return s / warmup
