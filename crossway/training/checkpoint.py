@@ -14,6 +14,7 @@ Writes are atomic: the directory is written under NAME.tmp, its files fsynced, t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -128,7 +129,7 @@ def load_checkpoint(path: str | Path, which: str = "best") -> LoadedModel:
 def load_models(paths: list[str | Path], which: str = "best") -> LoadedModel:
     """One checkpoint, or several decoding as an ensemble (crossway.models.ensemble): the mean of their
     next-token probabilities. An ensemble's members must have the same source and target vocabularies; its
-    config (decoding options, data limits) is the first member's."""
+    config (decoding options) is the first member's, with the smallest of the members' `data.max_src_len`."""
     if not paths:
         raise CheckpointError("no model given")
     loaded = [load_checkpoint(p, which) for p in paths]
@@ -142,7 +143,9 @@ def load_models(paths: list[str | Path], which: str = "best") -> LoadedModel:
             if getattr(other, side).to_dict() != getattr(first, side).to_dict():
                 raise CheckpointError(f"{other.path}: its {side} vocabulary differs from {first.path}'s; "
                                       "ensemble members must share both vocabularies (train them on the same data)")
-    return LoadedModel(Ensemble([m.model for m in loaded]).eval(), first.config, first.src, first.tgt, first.path)
+    limit = min(m.config.data.max_src_len for m in loaded)
+    config = dataclasses.replace(first.config, data=dataclasses.replace(first.config.data, max_src_len=limit))
+    return LoadedModel(Ensemble([m.model for m in loaded]).eval(), config, first.src, first.tgt, first.path)
 
 
 def load_trainer_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict:

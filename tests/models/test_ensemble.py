@@ -99,3 +99,11 @@ def test_load_models(served_runs, tmp_path):
     (other / "vocab.json").write_text(json.dumps(vocab))
     with pytest.raises(CheckpointError, match="tgt vocabulary differs"):
         load_models([runs[0], other])
+    # the tightest input limit of the members applies
+    shorter = tmp_path / "shorter"
+    shutil.copytree(load_checkpoint(runs[1]).path, shorter)
+    config = json.loads((shorter / "config.json").read_text())
+    config["data"]["max_src_len"] = 7
+    (shorter / "config.json").write_text(json.dumps(config))
+    assert load_models(runs[:1]).config.data.max_src_len == 20
+    assert load_models([runs[0], shorter]).config.data.max_src_len == 7
