@@ -32,6 +32,7 @@ import crossway as cw
 from crossway.data.text import read_tsv
 from crossway.evaluate import group_references
 from crossway.metrics import error_rates
+from crossway.training.checkpoint import ensemble_of
 
 ROOT = Path(__file__).resolve().parent.parent
 # system name -> (base config, overrides): the RNN variants differ only in their attention
@@ -93,16 +94,17 @@ def words_per_second(loaded: cw.LoadedModel, words: list[str], batch: int, cfg: 
 def evaluate_run(runs: list[Path], test: Path, threads: int) -> dict:
     """Score one run, or several as an ensemble (the mean of their probabilities)."""
     cw.set_threads(threads)
-    loaded = cw.load_models(runs)
+    members = [cw.load_checkpoint(r) for r in runs]
+    loaded = ensemble_of(members)
     params = sum(p.numel() for p in loaded.model.parameters())
     greedy = dataclasses.replace(loaded.config.decode, strategy="greedy", max_tokens=100_000)
     beam = dataclasses.replace(greedy, strategy="beam", beam_size=5, length_penalty=1.0)
-    members = [cw.load_checkpoint(r).config for r in runs] if len(runs) > 1 else [loaded.config]
-    out = {"params": params, "runs": [str(r) for r in runs],
-           "model": [dataclasses.asdict(c.model) for c in members] if len(runs) > 1 else
-           dataclasses.asdict(loaded.config.model),
-           "budget_minutes": max(c.train.max_minutes for c in members),
-           "threads": [c.train.threads for c in members] if len(runs) > 1 else loaded.config.train.threads}
+    one = len(members) == 1  # a single run keeps results.json's per-run fields as they were
+    models = [dataclasses.asdict(m.config.model) for m in members]
+    member_threads = [m.config.train.threads for m in members]
+    out = {"params": params, "runs": [str(r) for r in runs], "model": models[0] if one else models,
+           "budget_minutes": max(m.config.train.max_minutes for m in members),
+           "threads": member_threads[0] if one else member_threads}
     for name, cfg in (("greedy", greedy), ("beam5", beam)):
         ev = cw.evaluate_file(loaded, str(test), cfg)
         out[name] = score(ev.sources, ev.references, ev.hypotheses)

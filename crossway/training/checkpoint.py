@@ -127,12 +127,16 @@ def load_checkpoint(path: str | Path, which: str = "best") -> LoadedModel:
 
 
 def load_models(paths: list[str | Path], which: str = "best") -> LoadedModel:
-    """One checkpoint, or several decoding as an ensemble (crossway.models.ensemble): the mean of their
-    next-token probabilities. An ensemble's members must have the same source and target vocabularies; its
-    config (decoding options) is the first member's, with the smallest of the members' `data.max_src_len`."""
+    """One checkpoint, or several decoding as an ensemble (see `ensemble_of`)."""
     if not paths:
         raise CheckpointError("no model given")
-    loaded = [load_checkpoint(p, which) for p in paths]
+    return ensemble_of([load_checkpoint(p, which) for p in paths])
+
+
+def ensemble_of(loaded: list[LoadedModel]) -> LoadedModel:
+    """Loaded models as one (crossway.models.ensemble): the mean of their next-token probabilities; one model is
+    returned as it is. Members must have the same source and target vocabularies; the ensemble's config
+    (decoding options) is the first member's, with the smallest of the members' `data.max_src_len`."""
     if len(loaded) == 1:
         return loaded[0]
     from crossway.models.ensemble import Ensemble
