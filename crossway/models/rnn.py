@@ -28,7 +28,8 @@ class RNNConfig:
     attention: str = "bahdanau"  # none | bahdanau | luong_dot | luong_general
     emb_dim: int = 128
     hidden: int = 256  # per direction
-    layers: int = 1
+    layers: int = 1  # decoder layers, and encoder layers unless enc_layers is set
+    enc_layers: int = 0  # 0 = layers; more than `layers`: the decoder starts from the top layers' final states
     bidirectional: bool = True
     dropout: float = 0.2
     attn_dim: int = 0  # Bahdanau attention size; 0 = the decoder size
@@ -40,6 +41,9 @@ class RNNConfig:
         if self.attention not in ATTENTIONS:
             raise ValueError(f"model.attention must be one of {list(ATTENTIONS)}, not {self.attention!r}")
         check_sizes("model", self, ("emb_dim", "hidden", "layers"), ("dropout",))
+        if self.enc_layers and self.enc_layers < self.layers:
+            raise ValueError(f"model.enc_layers ({self.enc_layers}) must be 0 or at least model.layers "
+                             f"({self.layers}): each decoder layer starts from an encoder layer's final state")
 
 
 class RNNEncoder(nn.Module):
@@ -79,8 +83,8 @@ class RNNSeq2Seq(nn.Module):
         super().__init__()
         self.cfg = cfg
         E = cfg.hidden * (2 if cfg.bidirectional else 1)
-        self.encoder = RNNEncoder(src_vocab, cfg.emb_dim, cfg.hidden, cfg.layers, cfg.bidirectional, cfg.cell,
-                                  cfg.dropout)
+        self.encoder = RNNEncoder(src_vocab, cfg.emb_dim, cfg.hidden, cfg.enc_layers or cfg.layers,
+                                  cfg.bidirectional, cfg.cell, cfg.dropout)
         self.embed = nn.Embedding(tgt_vocab, cfg.emb_dim, padding_idx=PAD_ID)
         self.drop = nn.Dropout(cfg.dropout)
         kind = cfg.attention
@@ -102,10 +106,11 @@ class RNNSeq2Seq(nn.Module):
 
     # --- protocol -------------------------------------------------------------------------------------
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
-        out, h, c = self.encoder(src, src_mask)
-        memory = {"mask": src_mask, "h0": h}
+        out, h, c = self.encoder(src, src_mask)  # h, c (B, L_enc, E)
+        top = self.cfg.layers  # the decoder's layers start from the top encoder layers' final states
+        memory = {"mask": src_mask, "h0": h[:, -top:]}
         if c is not None:
-            memory["c0"] = c
+            memory["c0"] = c[:, -top:]
         if self.attention is not None:
             memory["enc"] = out
             memory["keys"] = self.attention.project_keys(out)

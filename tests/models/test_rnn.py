@@ -86,6 +86,27 @@ def test_bad_options_are_rejected():
         RNNConfig(attention="luong")
     with pytest.raises(ValueError, match="cell"):
         RNNConfig(cell="rnn")
+    with pytest.raises(ValueError, match="enc_layers"):
+        RNNConfig(layers=2, enc_layers=1)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_deeper_encoder_starts_decoder_from_top_layers(cell):
+    """enc_layers=3, layers=2: the decoder's two layers start from the encoder's top two final states; the
+    step-by-step decode still equals teacher forcing."""
+    model = make("bahdanau", cell, enc_layers=3)
+    assert model.encoder.rnn.num_layers == 3 and model.rnn.num_layers == 2
+    src, mask, tgt_in = batch()
+    memory = model.encode(src, mask)
+    _, h, c = model.encoder(src, mask)  # (B, 3, 24)
+    assert torch.equal(memory["h0"], h[:, 1:])
+    if cell == "lstm":
+        assert torch.equal(memory["c0"], c[:, 1:])
+    full, state, steps = model(src, mask, tgt_in), None, []
+    for t in range(tgt_in.size(1)):
+        logits, state = model.decode_step(tgt_in[:, t], memory, state)
+        steps.append(logits)
+    assert (torch.stack(steps, 1) - full).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("attention,cell", VARIANTS)
