@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--input", help="input file (default: stdin)")
     tl.add_argument("--output", help="output file (default: stdout)")
     tl.add_argument("--max-src-len", type=int, help="longest input in tokens (default: the model's data.max_src_len)")
+    _rescore_args(tl)
     tl.set_defaults(func=_translate)
 
     ev = sub.add_parser("evaluate", help="decode a data file and score it (WER, PER, CER, exact match; BLEU, chrF "
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                                                                 "(repeat for several references)")
     ev.add_argument("--report", help="JSON report path (default: RUN/eval-<data name>.json)")
     ev.add_argument("--hyps", help="also write one hypothesis per distinct input to this file")
+    _rescore_args(ev)
     ev.set_defaults(func=_evaluate)
     av = sub.add_parser("average", help="average the weights of checkpoints of one run into a new checkpoint")
     av.add_argument("inputs", nargs="+", help="checkpoint directories, or one run directory with --last N")
@@ -135,10 +137,32 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                                                 "decode.n_best=3 decode.length_penalty=0.6 decode.top_p=0.9")
 
 
+def _rescore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rescore", action="append", default=[], metavar="RUN",
+                   help="rerank the n-best list (decode.strategy=beam decode.n_best=K) with this model too, e.g. "
+                        "a right-to-left one (data.tgt_reverse=true); repeatable")
+    p.add_argument("--rescore-weights", metavar="W0,W1,..",
+                   help="weights of the searching model's and each rescorer's log-probabilities (default: all 1)")
+
+
 def _load(args) -> cw.LoadedModel:
     cw.set_threads(args.threads)
     loaded = cw.load_models(args.model, args.checkpoint)
     return dataclasses.replace(loaded, model=cw.quantize(loaded.model, args.quantize))
+
+
+def _rescorers(args, cfg: cw.DecodeConfig) -> tuple[list[cw.LoadedModel], list[float] | None]:
+    if args.rescore_weights and not args.rescore:
+        raise cw.ConfigError("--rescore-weights needs --rescore RUN")
+    cw.check_rerank(cfg, args.rescore)
+    weights = None
+    if args.rescore_weights:
+        try:
+            weights = [float(w) for w in args.rescore_weights.split(",")]
+        except ValueError:
+            raise cw.ConfigError(f"--rescore-weights {args.rescore_weights!r}: comma-separated numbers, the "
+                                 "searching model's first, then one per --rescore") from None
+    return [cw.load_checkpoint(p, args.checkpoint) for p in args.rescore], weights
 
 
 def _decode_cfg(args, loaded: cw.LoadedModel) -> cw.DecodeConfig:
@@ -160,8 +184,11 @@ def _translate(args) -> None:
     loaded = _load(args)
     lines = cw.read_lines(args.input) if args.input else cw.decode_lines(sys.stdin.buffer.read(), "<stdin>")
     stats, cfg = cw.TranslateStats(), _decode_cfg(args, loaded)
+    rescorers, weights = _rescorers(args, cfg)
     outs = cw.translate(loaded.model, loaded.src, loaded.tgt, lines, cfg,
                         args.max_src_len or loaded.config.data.max_src_len, stats, args.input or "<stdin>")
+    if rescorers:
+        outs = cw.rerank(outs, lines, rescorers, weights, cfg.length_penalty, cfg.max_tokens)
     if cfg.strategy == "beam" and cfg.n_best > 1:  # n-best: "line<TAB>rank<TAB>score<TAB>text"
         text = "".join(f"{i}\t{r}\t{h.score:.4f}\t{h.text}\n" for i, o in enumerate(outs, 1)
                        for r, h in enumerate([o, *o.alternatives], 1))
@@ -193,9 +220,12 @@ def _evaluate(args) -> None:
         raise cw.ConfigError("an ensemble's report needs --report PATH (it belongs to no single run)")
     loaded = _load(args)
     cfg = _decode_cfg(args, loaded)
-    result = cw.evaluate_file(loaded, args.data, cfg)
+    rescorers, weights = _rescorers(args, cfg)
+    result = cw.evaluate_file(loaded, args.data, cfg, rescorers, weights)
     model = args.model if len(args.model) > 1 else str(loaded.path)
     report = {"model": model, "data": args.data, "decode": dataclasses.asdict(cfg), **result.metrics}
+    if rescorers:
+        report["rescore"] = {"models": args.rescore, "weights": weights}
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if args.hyps:
         Path(args.hyps).write_text("".join(f"{s}\t{h}\n" for s, h in zip(result.sources, result.hypotheses,

@@ -42,6 +42,8 @@ class DataConfig:
     train_weights: str = ""  # streaming with several comma-separated data.train files: "3,1" (default: by size)
     vocab: str = ""  # reuse the tokenizers and vocabularies of this run, checkpoint or vocab.json (else built)
     src_lowercase: bool = False  # lower-case the source before tokenizing (training and decoding alike)
+    tgt_reverse: bool = False  # a right-to-left model: the target is trained and decoded reversed (outputs read
+    # left to right again); such a model can rerank another's n-best list (crossway.rerank)
     max_src_len: int = 64  # longer training examples are skipped and counted
     max_tgt_len: int = 64
     min_freq: int = 1  # rarer training tokens become <unk>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -12,6 +13,7 @@ from crossway.decoding import DecodeConfig
 from crossway.errors import DataError
 from crossway.inference import TranslateStats, translate
 from crossway.metrics import error_rates, sacrebleu_available, sacrebleu_scores
+from crossway.rerank import check_rerank, rerank
 from crossway.training.checkpoint import LoadedModel
 
 
@@ -32,10 +34,15 @@ def group_references(pairs: list[Pair]) -> tuple[list[str], list[list[str]]]:
 
 
 def evaluate_pairs(model: nn.Module, src: TextCodec, tgt: TextCodec, pairs: list[Pair], cfg: DecodeConfig,
-                   max_src_len: int | None = None) -> Evaluation:
+                   max_src_len: int | None = None, rescorers: Sequence[LoadedModel] = (),
+                   weights: Sequence[float] | None = None) -> Evaluation:
+    """With `rescorers`, the n-best lists (decode.n_best) are reranked by them first (crossway.rerank)."""
     sources, references = group_references(pairs)
     stats = TranslateStats()
+    check_rerank(cfg, rescorers)
     outs = translate(model, src, tgt, sources, cfg, max_src_len, stats)
+    if rescorers:
+        outs = rerank(outs, sources, rescorers, weights, cfg.length_penalty, cfg.max_tokens)
     tok = tgt.tokenizer.tokenize
     metrics = error_rates([o.tokens for o in outs], [[tok(r) for r in rs] for rs in references])
     hyps = [o.text for o in outs]
@@ -60,10 +67,12 @@ def score_files(hyp_path: str, ref_paths: list[str]) -> dict:
     return metrics
 
 
-def evaluate_file(loaded: LoadedModel, path: str, cfg: DecodeConfig | None = None) -> Evaluation:
+def evaluate_file(loaded: LoadedModel, path: str, cfg: DecodeConfig | None = None,
+                  rescorers: Sequence[LoadedModel] = (), weights: Sequence[float] | None = None) -> Evaluation:
     """Score a data file read with the run's own data settings (format and columns)."""
     d = loaded.config.data
     pairs = read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)
     if not pairs:
         raise DataError(f"{path}: no examples to evaluate")
-    return evaluate_pairs(loaded.model, loaded.src, loaded.tgt, pairs, cfg or loaded.config.decode)
+    return evaluate_pairs(loaded.model, loaded.src, loaded.tgt, pairs, cfg or loaded.config.decode,
+                          rescorers=rescorers, weights=weights)

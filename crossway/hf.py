@@ -333,6 +333,9 @@ def export_hf(run: str | Path, out_dir: str | Path, which: str = "best", overwri
     cfg = loaded.config.model
     if not isinstance(cfg, TransformerConfig):
         raise CheckpointError(f"{loaded.path}: model.arch={cfg.arch!r}; only the Transformer exports to HF")
+    if loaded.tgt.reverse:
+        raise CheckpointError(f"{loaded.path}: a right-to-left model (data.tgt_reverse); HF generate() would "
+                              "write its outputs backwards")
     meta_path = loaded.path / "hf.json"
     meta = _read_json(meta_path, None) if meta_path.exists() else None
     mtype = meta["model_type"] if meta else _native_type(cfg, loaded.path)

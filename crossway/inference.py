@@ -71,8 +71,11 @@ def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str]
 
 
 def _translation(hyp: Hypothesis, src_tokens: list[str], tgt: TextCodec) -> Translation:
-    toks = tgt.vocab.decode(hyp.tokens)
+    toks = tgt.tokens(hyp.tokens)  # reading order, also for a right-to-left model
     attention = hyp.attention[..., :len(src_tokens)] if hyp.attention is not None else None  # drop batch padding
+    if attention is not None and tgt.reverse:  # rows follow the tokens (eos, when produced, stays last)
+        n = len(toks)
+        attention = torch.cat([attention[:n].flip(0), attention[n:]])
     return Translation(tgt.tokenizer.detokenize(toks), toks, src_tokens, hyp.score, hyp.finished, attention)
 
 

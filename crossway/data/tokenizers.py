@@ -232,27 +232,38 @@ class TextCodec:
 
     tokenizer: Tokenizer
     vocab: Vocab
+    reverse: bool = False  # ids run right to left (a right-to-left model's target side, data.tgt_reverse)
 
     def encode(self, text: str) -> list[int]:
         ids = self.vocab.encode(self.tokenizer.tokenize(text))
+        ids = ids[::-1] if self.reverse else ids
         return ids + [EOS_ID] if ids and getattr(self.tokenizer, "add_eos", False) else ids
 
+    def tokens(self, ids: Iterable[int]) -> list[str]:
+        """Ids (up to eos) -> tokens in reading order, whichever way the ids run."""
+        toks = self.vocab.decode(ids)
+        return toks[::-1] if self.reverse else toks
+
     def decode(self, ids: Iterable[int]) -> str:
-        return self.tokenizer.detokenize(self.vocab.decode(ids))
+        return self.tokenizer.detokenize(self.tokens(ids))
 
     def to_dict(self) -> dict:
-        return {**self.tokenizer.to_dict(), **self.vocab.to_dict()}
+        return {**self.tokenizer.to_dict(), **self.vocab.to_dict(), **({"reverse": True} if self.reverse else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> TextCodec:
         vocab = Vocab.from_dict(d)
-        kind, framing = d["tokenizer"], {"prefix": tuple(d.get("prefix", ())), "add_eos": d.get("add_eos", False)}
-        if kind == "sentencepiece":
-            return cls(SentencePieceTokenizer(base64.b64decode(d["model"]), **framing,
-                                              language_codes=d.get("language_codes", True),
-                                              escape_meta=d.get("escape_meta", False)), vocab)
-        if kind == "missing":
-            return cls(MissingTokenizer(d["reason"]), vocab)
-        if kind == "bytelevel_bpe":
-            return cls(ByteLevelBPETokenizer(tuple(d["merges"]), tuple(vocab.itos), **framing), vocab)
-        return cls(make_tokenizer(kind, d.get("lowercase", False)), vocab)
+        return cls(_tokenizer_from_dict(d, vocab), vocab, bool(d.get("reverse", False)))
+
+
+def _tokenizer_from_dict(d: dict, vocab: Vocab) -> Tokenizer:
+    kind, framing = d["tokenizer"], {"prefix": tuple(d.get("prefix", ())), "add_eos": d.get("add_eos", False)}
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer(base64.b64decode(d["model"]), **framing,
+                                      language_codes=d.get("language_codes", True),
+                                      escape_meta=d.get("escape_meta", False))
+    if kind == "missing":
+        return MissingTokenizer(d["reason"])
+    if kind == "bytelevel_bpe":
+        return ByteLevelBPETokenizer(tuple(d["merges"]), tuple(vocab.itos), **framing)
+    return make_tokenizer(kind, d.get("lowercase", False))

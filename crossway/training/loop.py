@@ -7,6 +7,7 @@ data reports, training progress, validations), best/ and last/ checkpoints (see 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -124,6 +125,8 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
         streamed = (p for path in paths for p in read(path))
         codecs = load_codecs(d.vocab) if d.vocab else build_codecs(d, streamed if d.streaming else train_pairs)
     src, tgt = codecs
+    if tgt.reverse != d.tgt_reverse:  # right-to-left (or a vocabulary reused from a run of the other direction)
+        tgt = dataclasses.replace(tgt, reverse=d.tgt_reverse)
     if d.streaming:
         weights = [float(w) for w in d.train_weights.split(",")] if d.train_weights else None
         train, reports = StreamingCorpus.scan(paths, weights, read, src, tgt, d.max_src_len, d.max_tgt_len)

@@ -1,0 +1,44 @@
+"""Forced decoding: the log-probability a model gives to given outputs, through `encode` / `decode_step`.
+
+B pairs in a batch, S source length, T target length (eos included), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from crossway.data.batching import collate, example_cost, token_budget_batches
+from crossway.data.text import Example
+from crossway.data.tokenizers import PAD_ID
+from crossway.models.interface import Seq2Seq
+
+
+@torch.inference_mode()
+def force_decode(model: Seq2Seq, src: Tensor, src_mask: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+    """src (B, S), tgt_in (B, T) = bos + target, tgt_out (B, T) = target + eos, padded with PAD_ID
+    -> (B,) sum of log P(tgt_out[t] | src, tgt_in[:t+1]) over the real positions, one step at a time
+    (the same steps, state and cache as search uses)."""
+    memory, state = model.encode(src, src_mask), None
+    total = torch.zeros(src.size(0), device=src.device)
+    for t in range(tgt_in.size(1)):
+        logits, state = model.decode_step(tgt_in[:, t], memory, state)  # (B, V)
+        logp = logits.float().log_softmax(-1).gather(1, tgt_out[:, t:t + 1]).squeeze(1)
+        total += logp.masked_fill(tgt_out[:, t] == PAD_ID, 0.0)
+    return total
+
+
+def sequence_scores(model: Seq2Seq, pairs: list[tuple[list[int], list[int]]], max_tokens: int = 4000) -> list[float]:
+    """log P(target + eos | source) for each (source ids, target ids) pair, batched by `max_tokens`."""
+    examples = [Example(s, t, i) for i, (s, t) in enumerate(pairs)]
+    device = next(model.parameters()).device
+    model.eval()
+    out = [0.0] * len(pairs)
+    longest = max((example_cost(e) for e in examples), default=1)
+    for index in token_budget_batches(examples, max(max_tokens, longest), shuffle=False):
+        b = collate([examples[i] for i in index], index)
+        scores = force_decode(model, b.src.to(device), b.src_mask.to(device), b.tgt_in.to(device),
+                              b.tgt_out.to(device))
+        for i, s in zip(index, scores.tolist(), strict=True):
+            out[i] = s
+    return out

@@ -1,0 +1,66 @@
+"""Reranking an n-best list with a second model, and right-to-left targets (data.tgt_reverse)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from crossway.config import RunConfig
+from crossway.data.tokenizers import TextCodec, Vocab, make_tokenizer
+from crossway.decoding import DecodeConfig
+from crossway.errors import ConfigError
+from crossway.inference import translate
+from crossway.rerank import check_rerank, rerank
+from crossway.training.checkpoint import LoadedModel
+from tests.decoding.scripted import ScriptedModel
+
+# ids 4, 5, 6 are the tokens A, B, C
+SRC = TextCodec(make_tokenizer("char"), Vocab(["x"]))
+TGT = TextCodec(make_tokenizer("word"), Vocab(["A", "B", "C"]))
+BEAM = DecodeConfig(strategy="beam", beam_size=2, n_best=2, max_len_b=4, length_penalty=0.0)
+
+
+def loaded(model, tgt=TGT) -> LoadedModel:
+    return LoadedModel(model, RunConfig(), SRC, tgt, None)
+
+
+def main_model():  # prefers "A" (0.6) over "B" (0.4)
+    return ScriptedModel({(): {4: 0.6, 5: 0.4}})
+
+
+def test_rescorer_can_overturn_the_searching_model():
+    outs = translate(main_model(), SRC, TGT, ["x"], BEAM)
+    assert [o.text for o in [outs[0], *outs[0].alternatives]] == ["A", "B"]
+    fan_of_b = ScriptedModel({(): {4: 0.1, 5: 0.9}})
+    best = rerank(outs, ["x"], [loaded(fan_of_b)])[0]
+    assert best.text == "B" and best.alternatives[0].text == "A"
+    assert best.score == pytest.approx(math.log(0.4) + math.log(0.9), abs=1e-5)  # each adds its eos: log 1
+    same = rerank(outs, ["x"], [loaded(fan_of_b)], weights=[1.0, 0.0])[0]
+    assert same.text == "A"  # the rescorer weighed 0 keeps the beam's order
+    # 10 ln .6 + ln .1 > 10 ln .4 + ln .9
+    assert rerank(outs, ["x"], [loaded(fan_of_b)], weights=[10.0, 1.0])[0].text == "A"
+    with pytest.raises(ConfigError, match="2 weights for 3 models"):
+        rerank(outs, ["x"], [loaded(fan_of_b)] * 2, weights=[1.0, 1.0])
+
+
+def test_rerank_needs_an_nbest_list():
+    check_rerank(BEAM, [loaded(main_model())])
+    for cfg in (DecodeConfig(), DecodeConfig(strategy="beam", n_best=1)):
+        with pytest.raises(ConfigError, match="n-best list"):
+            check_rerank(cfg, [loaded(main_model())])
+
+
+def test_right_to_left_codec_and_outputs():
+    r2l = TextCodec(TGT.tokenizer, TGT.vocab, reverse=True)
+    assert r2l.encode("A B C") == [6, 5, 4] and r2l.decode([6, 5, 4, 2]) == "A B C"
+    assert TextCodec.from_dict(r2l.to_dict()).reverse and "reverse" not in TGT.to_dict()
+    model = ScriptedModel({(): {6: 1.0}, (6,): {4: 1.0}})  # produces C then A: right to left, "A C"
+    out = translate(model, SRC, r2l, ["x"], DecodeConfig(return_attention=False))[0]
+    assert out.text == "A C" and out.tokens == ["A", "C"]
+    # a right-to-left rescorer reads the candidate from its end: it scores "A C" as ids C, A
+    outs = translate(ScriptedModel({(): {4: 0.5, 6: 0.5}, (4,): {6: 1.0}, (6,): {4: 1.0}}), SRC, TGT, ["x"], BEAM)
+    assert sorted(o.text for o in [outs[0], *outs[0].alternatives]) == ["A C", "C A"]
+    best = rerank(outs, ["x"], [loaded(model, r2l)])[0]
+    assert best.text == "A C" and best.score == pytest.approx(math.log(0.5), abs=1e-5)
+    assert best.alternatives[0].score < -1e8  # "C A" is all but impossible for the rescorer (logit -1e9)
