@@ -9,7 +9,7 @@ from crossway.evaluate import Evaluation, evaluate_file, evaluate_pairs, score_f
 from crossway.hf import export_hf, import_hf
 from crossway.inference import TranslateStats, Translation, set_threads, translate
 from crossway.quantize import QUANTIZE, quantize
-from crossway.rerank import check_rerank, rerank
+from crossway.rerank import rerank
 from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_models
 from crossway.training.loop import train
 
@@ -19,6 +19,6 @@ __all__ = [
     "CheckpointError", "ConfigError", "CrosswayError", "DataError", "DecodeConfig", "Evaluation", "LoadedModel",
     "QUANTIZE", "RunConfig", "TranslateStats", "Translation", "evaluate_file", "evaluate_pairs", "greedy_search",
     "load_checkpoint", "load_models", "decode_lines", "decode_overrides", "export_hf", "import_hf", "load_config",
-    "prepare_g2p", "quantize", "read_lines", "rerank", "check_rerank", "score_files", "set_threads", "train",
+    "prepare_g2p", "quantize", "read_lines", "rerank", "score_files", "set_threads", "train",
     "translate",
 ]

@@ -151,10 +151,9 @@ def _load(args) -> cw.LoadedModel:
     return dataclasses.replace(loaded, model=cw.quantize(loaded.model, args.quantize))
 
 
-def _rescorers(args, cfg: cw.DecodeConfig) -> tuple[list[cw.LoadedModel], list[float] | None]:
+def _rescorers(args) -> tuple[list[cw.LoadedModel], list[float] | None]:
     if args.rescore_weights and not args.rescore:
         raise cw.ConfigError("--rescore-weights needs --rescore RUN")
-    cw.check_rerank(cfg, args.rescore)
     weights = None
     if args.rescore_weights:
         try:
@@ -184,11 +183,10 @@ def _translate(args) -> None:
     loaded = _load(args)
     lines = cw.read_lines(args.input) if args.input else cw.decode_lines(sys.stdin.buffer.read(), "<stdin>")
     stats, cfg = cw.TranslateStats(), _decode_cfg(args, loaded)
-    rescorers, weights = _rescorers(args, cfg)
+    rescorers, weights = _rescorers(args)
     outs = cw.translate(loaded.model, loaded.src, loaded.tgt, lines, cfg,
-                        args.max_src_len or loaded.config.data.max_src_len, stats, args.input or "<stdin>")
-    if rescorers:
-        outs = cw.rerank(outs, lines, rescorers, weights, cfg.length_penalty, cfg.max_tokens)
+                        args.max_src_len or loaded.config.data.max_src_len, stats, args.input or "<stdin>",
+                        rescorers, weights)
     if cfg.strategy == "beam" and cfg.n_best > 1:  # n-best: "line<TAB>rank<TAB>score<TAB>text"
         text = "".join(f"{i}\t{r}\t{h.score:.4f}\t{h.text}\n" for i, o in enumerate(outs, 1)
                        for r, h in enumerate([o, *o.alternatives], 1))
@@ -220,7 +218,7 @@ def _evaluate(args) -> None:
         raise cw.ConfigError("an ensemble's report needs --report PATH (it belongs to no single run)")
     loaded = _load(args)
     cfg = _decode_cfg(args, loaded)
-    rescorers, weights = _rescorers(args, cfg)
+    rescorers, weights = _rescorers(args)
     result = cw.evaluate_file(loaded, args.data, cfg, rescorers, weights)
     model = args.model if len(args.model) > 1 else str(loaded.path)
     report = {"model": model, "data": args.data, "decode": dataclasses.asdict(cfg), **result.metrics}

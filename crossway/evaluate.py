@@ -13,7 +13,6 @@ from crossway.decoding import DecodeConfig
 from crossway.errors import DataError
 from crossway.inference import TranslateStats, translate
 from crossway.metrics import error_rates, sacrebleu_available, sacrebleu_scores
-from crossway.rerank import check_rerank, rerank
 from crossway.training.checkpoint import LoadedModel
 
 
@@ -39,10 +38,7 @@ def evaluate_pairs(model: nn.Module, src: TextCodec, tgt: TextCodec, pairs: list
     """With `rescorers`, the n-best lists (decode.n_best) are reranked by them first (crossway.rerank)."""
     sources, references = group_references(pairs)
     stats = TranslateStats()
-    check_rerank(cfg, rescorers)
-    outs = translate(model, src, tgt, sources, cfg, max_src_len, stats)
-    if rescorers:
-        outs = rerank(outs, sources, rescorers, weights, cfg.length_penalty, cfg.max_tokens)
+    outs = translate(model, src, tgt, sources, cfg, max_src_len, stats, rescorers=rescorers, weights=weights)
     tok = tgt.tokenizer.tokenize
     metrics = error_rates([o.tokens for o in outs], [[tok(r) for r in rs] for rs in references])
     hyps = [o.text for o in outs]

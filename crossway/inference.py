@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +14,10 @@ from crossway.data.text import Example
 from crossway.data.tokenizers import PAD_ID, UNK_ID, TextCodec
 from crossway.decoding import DecodeConfig, Hypothesis, decode
 from crossway.errors import DataError
+from crossway.rerank import check_rerank, rerank
+
+if TYPE_CHECKING:
+    from crossway.training.checkpoint import LoadedModel
 
 
 @dataclass
@@ -35,9 +41,12 @@ class TranslateStats:
 
 def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str], cfg: DecodeConfig,
               max_src_len: int | None = None, stats: TranslateStats | None = None,
-              name: str = "input") -> list[Translation]:
+              name: str = "input", rescorers: Sequence[LoadedModel] = (),
+              weights: Sequence[float] | None = None) -> list[Translation]:
     """One translation per input text, in input order. An input longer than `max_src_len` tokens is an error
-    naming `name` and its (1-based) line; nothing is truncated. Empty inputs give empty outputs."""
+    naming `name` and its (1-based) line; nothing is truncated. Empty inputs give empty outputs. With
+    `rescorers`, each n-best list (beam, decode.n_best >= 2) is reranked by them too (crossway.rerank)."""
+    check_rerank(cfg, rescorers)
     stats = stats if stats is not None else TranslateStats()
     stats.inputs += len(texts)
     ids = [src.encode(t) for t in texts]
@@ -67,6 +76,8 @@ def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str]
             best.alternatives = rest
             stats.unfinished += not best.finished
             out[r] = best
+    if rescorers:
+        return rerank(out, texts, rescorers, weights, cfg.length_penalty, cfg.max_tokens)  # type: ignore[arg-type]
     return out  # type: ignore[return-value]
 
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from crossway.decoding.common import DecodeConfig, length_penalty
 from crossway.decoding.score import sequence_scores
 from crossway.errors import ConfigError
-from crossway.inference import Translation
-from crossway.training.checkpoint import LoadedModel
+
+if TYPE_CHECKING:  # (crossway.inference calls rerank)
+    from crossway.inference import Translation
+    from crossway.training.checkpoint import LoadedModel
 
 
 def check_rerank(cfg: DecodeConfig, rescorers: Sequence[LoadedModel]) -> None:

@@ -44,11 +44,13 @@ def test_rescorer_can_overturn_the_searching_model():
         rerank(outs, ["x"], [loaded(fan_of_b)] * 2, weights=[1.0, 1.0])
 
 
-def test_rerank_needs_an_nbest_list():
-    check_rerank(BEAM, [loaded(main_model())])
+def test_translate_reranks_and_needs_an_nbest_list():
+    fan_of_b = loaded(ScriptedModel({(): {4: 0.1, 5: 0.9}}))
+    assert translate(main_model(), SRC, TGT, ["x"], BEAM, rescorers=[fan_of_b])[0].text == "B"
+    check_rerank(BEAM, [fan_of_b])
     for cfg in (DecodeConfig(), DecodeConfig(strategy="beam", n_best=1)):
         with pytest.raises(ConfigError, match="n-best list"):
-            check_rerank(cfg, [loaded(main_model())])
+            translate(main_model(), SRC, TGT, ["x"], cfg, rescorers=[fan_of_b])
 
 
 def test_right_to_left_codec_and_outputs():
