@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -15,9 +15,7 @@ from crossway.data.tokenizers import PAD_ID, UNK_ID, TextCodec
 from crossway.decoding import DecodeConfig, Hypothesis, decode
 from crossway.errors import DataError
 from crossway.rerank import check_rerank, rerank
-
-if TYPE_CHECKING:
-    from crossway.training.checkpoint import LoadedModel
+from crossway.training.checkpoint import LoadedModel
 
 
 @dataclass
@@ -77,7 +75,13 @@ def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str]
             stats.unfinished += not best.finished
             out[r] = best
     if rescorers:
-        return rerank(out, texts, rescorers, weights, cfg.length_penalty, cfg.max_tokens)  # type: ignore[arg-type]
+        pools, searcher = [], None
+        if cfg.rescore_union:
+            plain = dataclasses.replace(cfg, rescore_union=False)
+            pools = [translate(r.model, r.src, r.tgt, texts, plain, max_src_len, name=name) for r in rescorers]
+            searcher = LoadedModel(model, None, src, tgt, None)  # type: ignore[arg-type]  # (only model, src, tgt)
+        return rerank(out, texts, rescorers, weights, cfg.length_penalty, cfg.max_tokens,  # type: ignore[arg-type]
+                      pools, searcher)
     return out  # type: ignore[return-value]
 
 

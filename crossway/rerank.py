@@ -10,6 +10,10 @@ their own tokenizers (so their vocabularies and direction may differ), scored by
 model protocol. alpha is the decoding length penalty (GNMT; |y| + 1 counts eos). The candidates are re-sorted
 by that score, finished ones first (as beam search ranks them, so weights 1, 0, ... keep the beam's order);
 each one's `score` becomes the weighted sum of log-probabilities.
+
+With `pools` (decode.rescore_union: each rescorer's own n-best lists), the candidates of every list join the
+searching model's (one copy per text), and every candidate is scored by every model by forced decoding, the
+searching model included: agreement between a left-to-right and a right-to-left model picks from both lists.
 """
 
 from __future__ import annotations
@@ -35,19 +39,28 @@ def check_rerank(cfg: DecodeConfig, rescorers: Sequence[LoadedModel]) -> None:
 
 
 def rerank(outs: list[Translation], sources: list[str], rescorers: Sequence[LoadedModel],
-           weights: Sequence[float] | None = None, alpha: float = 1.0, max_tokens: int = 4000) -> list[Translation]:
+           weights: Sequence[float] | None = None, alpha: float = 1.0, max_tokens: int = 4000,
+           pools: Sequence[list[Translation]] = (), searcher: LoadedModel | None = None) -> list[Translation]:
     """`outs` (with their n-best lists as `alternatives`) for `sources`, reranked: weights[0] is the searching
-    model's, then one per rescorer (default: all 1)."""
+    model's, then one per rescorer (default: all 1). `pools`: more n-best outputs for the same sources whose
+    candidates join `outs`'; they need the `searcher` (the model behind `outs`) to score them."""
     weights = list(weights) if weights is not None else [1.0] * (1 + len(rescorers))
     if len(weights) != 1 + len(rescorers):
         raise ConfigError(f"rerank: {len(weights)} weights for {1 + len(rescorers)} models (the searching model "
                           "first, then each rescorer)")
     if len(outs) != len(sources):
         raise ConfigError(f"rerank: {len(outs)} outputs for {len(sources)} sources")
-    cands = [[o, *o.alternatives] if o.tokens or o.alternatives else [] for o in outs]  # empty input: nothing
+    if pools and searcher is None:
+        raise ConfigError("rerank: pooled n-best lists need the searching model to score them")
+    cands = [_candidates([o, *(p[i] for p in pools)]) for i, o in enumerate(outs)]
     flat = [(i, c) for i, cs in enumerate(cands) for c in cs]
-    total = [weights[0] * c.score for _, c in flat]
-    for w, r in zip(weights[1:], rescorers, strict=True):
+    scorers = list(zip(weights[1:], rescorers, strict=True))
+    if pools:
+        total = [0.0] * len(flat)
+        scorers.insert(0, (weights[0], searcher))
+    else:
+        total = [weights[0] * c.score for _, c in flat]
+    for w, r in scorers:
         pairs = [(r.src.encode(sources[i]), r.tgt.encode(c.text)) for i, c in flat]
         for k, s in enumerate(sequence_scores(r.model, pairs, max_tokens)):
             total[k] += w * s
@@ -65,3 +78,12 @@ def rerank(outs: list[Translation], sources: list[str], rescorers: Sequence[Load
         best.alternatives = [c for _, c in rs[1:]]
         result.append(best)
     return result
+
+
+def _candidates(nbests: list[Translation]) -> list[Translation]:
+    """The candidates of one source's n-best lists, one per text, in order (an empty input has none)."""
+    seen: dict[str, Translation] = {}
+    for o in nbests:
+        for c in [o, *o.alternatives] if o.tokens or o.alternatives else []:
+            seen.setdefault(c.text, c)
+    return list(seen.values())

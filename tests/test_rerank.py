@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -51,6 +52,20 @@ def test_translate_reranks_and_needs_an_nbest_list():
     for cfg in (DecodeConfig(), DecodeConfig(strategy="beam", n_best=1)):
         with pytest.raises(ConfigError, match="n-best list"):
             translate(main_model(), SRC, TGT, ["x"], cfg, rescorers=[fan_of_b])
+
+
+def test_union_of_nbest_lists_scored_by_every_model():
+    main = ScriptedModel({(): {4: 0.5, 5: 0.3, 6: 0.2}})  # its 2-best: A, B
+    fan_of_c = loaded(ScriptedModel({(): {4: 0.05, 5: 0.05, 6: 0.9}}))  # its 2-best: C and A or B
+    assert translate(main, SRC, TGT, ["x"], BEAM, rescorers=[fan_of_c])[0].text == "A"  # C is not in A, B
+    union = dataclasses.replace(BEAM, rescore_union=True)
+    best = translate(main, SRC, TGT, ["x", ""], union, rescorers=[fan_of_c])
+    assert best[0].text == "C" and best[1].text == ""  # the empty input stays empty
+    assert best[0].score == pytest.approx(math.log(0.2) + math.log(0.9), abs=1e-5)  # forced by both models
+    assert [a.text for a in best[0].alternatives] == ["A", "B"]  # each text once, ln .5 + ln .05 > ln .3 + ln .05
+    outs = translate(main, SRC, TGT, ["x"], BEAM)
+    with pytest.raises(ConfigError, match="need the searching model"):
+        rerank(outs, ["x"], [fan_of_c], pools=[outs])
 
 
 def test_right_to_left_codec_and_outputs():

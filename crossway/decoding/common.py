@@ -37,6 +37,7 @@ class DecodeConfig:
     top_p: float = 1.0  # sample: keep the smallest set with probability >= p (nucleus); 1 = all
     seed: int = 0  # sample: random seed (sampling is reproducible)
     no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size; 0 = off
+    rescore_union: bool = False  # reranking: each rescorer searches too, its n-best list joins (crossway.rerank)
     max_tokens: int = 4000  # token budget of one decoding batch (sources are sorted by length)
     return_attention: bool = False
 
