@@ -81,7 +81,7 @@ def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str]
             pools = [translate(r.model, r.src, r.tgt, texts, plain, max_src_len, name=name) for r in rescorers]
             searcher = LoadedModel(model, None, src, tgt, None)  # type: ignore[arg-type]  # (only model, src, tgt)
         return rerank(out, texts, rescorers, weights, cfg.length_penalty, cfg.max_tokens,  # type: ignore[arg-type]
-                      pools, searcher)
+                      pools, searcher, cfg.rescore_mbr)
     return out  # type: ignore[return-value]
 
 

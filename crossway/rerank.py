@@ -14,17 +14,20 @@ each one's `score` becomes the weighted sum of log-probabilities.
 With `pools` (decode.rescore_union: each rescorer's own n-best lists), the candidates of every list join the
 searching model's (one copy per text), and every candidate is scored by every model by forced decoding, the
 searching model included: agreement between a left-to-right and a right-to-left model picks from both lists.
+With `mbr` (decode.rescore_mbr), the candidate of least expected edit distance wins instead (see `choose`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from crossway.decoding.common import DecodeConfig, length_penalty
 from crossway.decoding.score import sequence_scores
 from crossway.errors import ConfigError
+from crossway.metrics import edit_distance
 
 if TYPE_CHECKING:  # (crossway.inference calls rerank)
     from crossway.inference import Translation
@@ -40,42 +43,71 @@ def check_rerank(cfg: DecodeConfig, rescorers: Sequence[LoadedModel]) -> None:
 
 def rerank(outs: list[Translation], sources: list[str], rescorers: Sequence[LoadedModel],
            weights: Sequence[float] | None = None, alpha: float = 1.0, max_tokens: int = 4000,
-           pools: Sequence[list[Translation]] = (), searcher: LoadedModel | None = None) -> list[Translation]:
+           pools: Sequence[list[Translation]] = (), searcher: LoadedModel | None = None,
+           mbr: float = 0.0) -> list[Translation]:
     """`outs` (with their n-best lists as `alternatives`) for `sources`, reranked: weights[0] is the searching
     model's, then one per rescorer (default: all 1). `pools`: more n-best outputs for the same sources whose
-    candidates join `outs`'; they need the `searcher` (the model behind `outs`) to score them."""
+    candidates join `outs`'; they need the `searcher` (the model behind `outs`) to score them. `mbr`: see
+    `choose`."""
     weights = list(weights) if weights is not None else [1.0] * (1 + len(rescorers))
     if len(weights) != 1 + len(rescorers):
         raise ConfigError(f"rerank: {len(weights)} weights for {1 + len(rescorers)} models (the searching model "
                           "first, then each rescorer)")
+    return choose(outs, candidate_scores(outs, sources, rescorers, max_tokens, pools, searcher), weights, alpha, mbr)
+
+
+Scored: TypeAlias = "list[list[tuple[Translation, list[float]]]]"  # per source: (candidate, log P of each model)
+
+
+def candidate_scores(outs: list[Translation], sources: list[str], rescorers: Sequence[LoadedModel],
+                     max_tokens: int = 4000, pools: Sequence[list[Translation]] = (),
+                     searcher: LoadedModel | None = None) -> Scored:
+    """Every candidate of each source with its log-probability under the searching model (its beam score, or
+    forced decoding when there are `pools`) and under each rescorer: computed once, so weights and the length
+    penalty can then be tried cheaply with `choose` (bench/rerank.py tunes them on a validation set)."""
     if len(outs) != len(sources):
         raise ConfigError(f"rerank: {len(outs)} outputs for {len(sources)} sources")
     if pools and searcher is None:
         raise ConfigError("rerank: pooled n-best lists need the searching model to score them")
     cands = [_candidates([o, *(p[i] for p in pools)]) for i, o in enumerate(outs)]
     flat = [(i, c) for i, cs in enumerate(cands) for c in cs]
-    scorers = list(zip(weights[1:], rescorers, strict=True))
-    if pools:
-        total = [0.0] * len(flat)
-        scorers.insert(0, (weights[0], searcher))
-    else:
-        total = [weights[0] * c.score for _, c in flat]
-    for w, r in scorers:
+    logp: list[list[float]] = [[] if pools else [c.score] for _, c in flat]
+    for r in [searcher, *rescorers] if pools else rescorers:
         pairs = [(r.src.encode(sources[i]), r.tgt.encode(c.text)) for i, c in flat]
         for k, s in enumerate(sequence_scores(r.model, pairs, max_tokens)):
-            total[k] += w * s
-    ranked: list[list[tuple[float, Translation]]] = [[] for _ in outs]
+            logp[k].append(s)
+    scored: Scored = [[] for _ in outs]
     for k, (i, c) in enumerate(flat):
-        key = total[k] / length_penalty(len(c.tokens) + 1, alpha)
-        ranked[i].append((key, dataclasses.replace(c, score=total[k], alternatives=[])))
+        scored[i].append((c, logp[k]))
+    return scored
+
+
+def choose(outs: list[Translation], scored: Scored, weights: Sequence[float], alpha: float,
+           mbr: float = 0.0) -> list[Translation]:
+    """Each source's best candidate by sum_i weights[i] * log P_i / length penalty (finished ones first), its
+    `score` the weighted sum and the rest of its candidates as `alternatives`; `outs` where there is none.
+
+    mbr > 0: minimum Bayes risk instead (Kumar & Byrne 2004): the candidate with the least expected token edit
+    distance to the list, each candidate weighted by its posterior, softmax(weighted sum / mbr) over the list;
+    small values approach the best score, large ones a consensus (favouring what most candidates agree on)."""
     result = []
-    for o, rs in zip(outs, ranked, strict=True):
-        if not rs:
+    for o, cs in zip(outs, scored, strict=True):
+        if not cs:
             result.append(o)
             continue
-        rs.sort(key=lambda kc: (not kc[1].finished, -kc[0]))  # as beam search ranks: finished ones first
-        best = rs[0][1]
-        best.alternatives = [c for _, c in rs[1:]]
+        totals = [sum(w * x for w, x in zip(weights, lp, strict=True)) for _, lp in cs]
+        keys: list = [t / length_penalty(len(c.tokens) + 1, alpha) for (c, _), t in zip(cs, totals, strict=True)]
+        if mbr > 0:
+            top = max(totals)
+            post = [math.exp((t - top) / mbr) for t in totals]
+            risks = [sum(p * edit_distance(c.tokens, d.tokens) for p, (d, _) in zip(post, cs, strict=True))
+                     for c, _ in cs]
+            keys = [(-r / sum(post), k) for r, k in zip(risks, keys, strict=True)]  # ties: by score
+        ranked = [(k, dataclasses.replace(c, score=t, alternatives=[]))
+                  for k, (c, _), t in zip(keys, cs, totals, strict=True)]
+        ranked.sort(key=lambda kc: (kc[1].finished, kc[0]), reverse=True)  # as beam search ranks: finished first
+        best = ranked[0][1]
+        best.alternatives = [c for _, c in ranked[1:]]
         result.append(best)
     return result
 

@@ -11,8 +11,8 @@ from crossway.config import RunConfig
 from crossway.data.tokenizers import TextCodec, Vocab, make_tokenizer
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError
-from crossway.inference import translate
-from crossway.rerank import check_rerank, rerank
+from crossway.inference import Translation, translate
+from crossway.rerank import check_rerank, choose, rerank
 from crossway.training.checkpoint import LoadedModel
 from tests.decoding.scripted import ScriptedModel
 
@@ -66,6 +66,32 @@ def test_union_of_nbest_lists_scored_by_every_model():
     outs = translate(main, SRC, TGT, ["x"], BEAM)
     with pytest.raises(ConfigError, match="need the searching model"):
         rerank(outs, ["x"], [fan_of_c], pools=[outs])
+
+
+def test_minimum_bayes_risk_picks_the_consensus():
+    def cand(text, p):
+        return Translation(text, text.split(), ["x"], math.log(p), True), [math.log(p)]
+    scored = [[cand("X Y Z", 0.4), cand("A B C", 0.31), cand("A B D", 0.29)]]
+    outs = [scored[0][0][0]]
+    assert choose(outs, scored, [1.0], 0.0)[0].text == "X Y Z"  # the most probable
+    # expected edits: X Y Z .31*3 + .29*3 = 1.8; A B C .4*3 + .29 = 1.49; A B D .4*3 + .31 = 1.51
+    best = choose(outs, scored, [1.0], 0.0, mbr=1.0)[0]
+    assert best.text == "A B C" and [a.text for a in best.alternatives] == ["A B D", "X Y Z"]
+    assert best.score == pytest.approx(math.log(0.31))
+    assert choose(outs, scored, [1.0], 0.0, mbr=0.01)[0].text == "X Y Z"  # a cold posterior: the best score
+    assert choose(outs, [[]], [1.0], 0.0, mbr=1.0) == outs  # nothing to choose from: as it was
+
+
+def test_translate_passes_the_mbr_temperature():
+    # C C .4, A B .6 * .51 = .306, A C .294: A C is one edit from both others, so it has the least risk
+    main = ScriptedModel({(): {6: 0.4, 4: 0.6}, (6,): {6: 1.0}, (4,): {5: 0.51, 6: 0.49}})
+    neutral = loaded(ScriptedModel({}))  # weighed 0
+    cfg = DecodeConfig(strategy="beam", beam_size=3, n_best=3, max_len_b=4, length_penalty=0.0)
+    texts = [translate(main, SRC, TGT, ["x"], dataclasses.replace(cfg, rescore_mbr=t), rescorers=[neutral],
+                       weights=[1.0, 0.0])[0].text for t in (0.0, 1.0)]
+    assert texts == ["C C", "A C"]
+    with pytest.raises(ValueError, match="rescore_mbr"):
+        DecodeConfig(rescore_mbr=-1.0)
 
 
 def test_right_to_left_codec_and_outputs():

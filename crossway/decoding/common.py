@@ -38,6 +38,7 @@ class DecodeConfig:
     seed: int = 0  # sample: random seed (sampling is reproducible)
     no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size; 0 = off
     rescore_union: bool = False  # reranking: each rescorer searches too, its n-best list joins (crossway.rerank)
+    rescore_mbr: float = 0.0  # reranking by minimum Bayes risk at this posterior temperature; 0 = best score
     max_tokens: int = 4000  # token budget of one decoding batch (sources are sorted by length)
     return_attention: bool = False
 
@@ -51,6 +52,8 @@ class DecodeConfig:
         if not 0 < self.top_p <= 1 or not 1e-3 <= self.temperature <= 1e3:
             raise ValueError(f"decode.top_p must be in (0, 1] (got {self.top_p}) and decode.temperature in "
                              f"[0.001, 1000] (got {self.temperature})")
+        if self.rescore_mbr < 0:
+            raise ValueError(f"decode.rescore_mbr must be >= 0 (0 = off), not {self.rescore_mbr}")
         if not 0 <= self.seed < 2 ** 63:
             raise ValueError(f"decode.seed must be in [0, 2**63) (got {self.seed})")
 
