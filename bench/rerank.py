@@ -65,24 +65,29 @@ def main() -> None:
     mbr_grid = list(itertools.product(MBR_WEIGHTS, repeat=len(rescorers)))
 
     rows: dict[str, dict] = {}  # system -> {split: (wer, per)} and its chosen settings
+    timing: dict[str, dict] = {}  # split -> seconds of each search and each scoring pass
     for split, path in (("valid", args.valid), ("test", args.test)):
         sources, references = group_references(read_tsv(path))
         refs = [[tok(r) for r in rs] for rs in references]
-        t0 = time.perf_counter()
-        nbests = [cw.translate(m.model, m.src, m.tgt, sources, cfg) for m in models]
-        search_s = time.perf_counter() - t0
+        nbests, seconds = [], {}
+        for name, m in zip([args.model, *args.rescore], models, strict=True):
+            t0 = time.perf_counter()
+            nbests.append(cw.translate(m.model, m.src, m.tgt, sources, cfg))
+            seconds[f"search {name}"] = time.perf_counter() - t0
         for name, outs in zip([args.model, *args.rescore], nbests, strict=True):
             rows.setdefault(f"{name} alone", {})[split] = rates(outs, refs)
         if same_direction:
             ens = ensemble_of(models)
             rows.setdefault("ensemble (mean probability, beam)", {})[split] = rates(
                 cw.translate(ens.model, ens.src, ens.tgt, sources, cfg), refs)
-        t0 = time.perf_counter()
-        variants = {"rerank the searching model's n-best": candidate_scores(nbests[0], sources, rescorers),
-                    "rerank the union of every model's n-best": candidate_scores(
-                        nbests[0], sources, rescorers, pools=nbests[1:], searcher=main_run)}
-        score_s = time.perf_counter() - t0
-        print(f"{split}: {len(sources)} inputs, search {search_s:.0f} s, scoring {score_s:.0f} s", flush=True)
+        variants = {}
+        for variant, pools in (("rerank the searching model's n-best", []),
+                               ("rerank the union of every model's n-best", nbests[1:])):
+            t0 = time.perf_counter()
+            variants[variant] = candidate_scores(nbests[0], sources, rescorers, pools=pools, searcher=main_run)
+            seconds[f"score: {variant}"] = time.perf_counter() - t0
+        timing[split] = {"inputs": len(sources), "threads": args.threads, "seconds": seconds}
+        print(f"{split}: {len(sources)} inputs; seconds: {json.dumps(seconds)}", flush=True)
         for variant, scored in variants.items():
             for suffix, options in ((", best score", [(w, a, 0.0) for w in grid for a in ALPHAS]),
                                     (", best score, untuned", [((1.0,) * len(rescorers), 1.0, 0.0)]),
@@ -108,11 +113,15 @@ def main() -> None:
         o = f"{r['oracle']['test']:.2f}" if "oracle" in r else "-"
         lines.append(f"| {name} | {w} | {a} | {t} | {r['valid'][0]:.2f} | {r['valid'][1]:.2f} | "
                      f"{r['test'][0]:.2f} | {r['test'][1]:.2f} | {o} |")
+    for split, t in timing.items():
+        lines.append(f"\n{split} ({t['inputs']} inputs, {t['threads']} threads), seconds: "
+                     + "; ".join(f"{k} {v:.0f}" for k, v in t["seconds"].items()))
     table = "\n".join(lines)
     print(table)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps({"model": args.model, "rescore": args.rescore, "beam": args.beam,
-                                                  "n_best": args.n_best, "rows": rows}, indent=1))
+                                                  "n_best": args.n_best, "rows": rows, "timing": timing},
+                                                 indent=1))
 
 
 if __name__ == "__main__":
