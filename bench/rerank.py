@@ -114,7 +114,7 @@ def main() -> None:
         lines.append(f"| {name} | {w} | {a} | {t} | {r['valid'][0]:.2f} | {r['valid'][1]:.2f} | "
                      f"{r['test'][0]:.2f} | {r['test'][1]:.2f} | {o} |")
     for split, t in timing.items():
-        lines.append(f"\n{split} ({t['inputs']} inputs, {t['threads']} threads), seconds: "
+        lines.append(f"\n{split} ({t['inputs']} inputs, threads: {t['threads']}), seconds: "
                      + "; ".join(f"{k} {v:.0f}" for k, v in t["seconds"].items()))
     table = "\n".join(lines)
     print(table)
