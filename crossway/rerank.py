@@ -100,8 +100,12 @@ def choose(outs: list[Translation], scored: Scored, weights: Sequence[float], al
         if mbr > 0:
             top = max(totals)
             post = [math.exp((t - top) / mbr) for t in totals]
-            risks = [sum(p * edit_distance(c.tokens, d.tokens) for p, (d, _) in zip(post, cs, strict=True))
-                     for c, _ in cs]
+            n = len(cs)
+            dist = [[0] * n for _ in range(n)]
+            for a in range(n):  # symmetric, zero diagonal: each pair once
+                for b in range(a + 1, n):
+                    dist[a][b] = dist[b][a] = edit_distance(cs[a][0].tokens, cs[b][0].tokens)
+            risks = [sum(p * d for p, d in zip(post, row, strict=True)) for row in dist]
             keys = [(-r / sum(post), k) for r, k in zip(risks, keys, strict=True)]  # ties: by score
         ranked = [(k, dataclasses.replace(c, score=t, alternatives=[]))
                   for k, (c, _), t in zip(keys, cs, totals, strict=True)]
