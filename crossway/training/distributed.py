@@ -93,6 +93,11 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank, world, local)
 
 
-def shutdown(d: Dist) -> None:
+def shutdown(d: Dist, clean: bool = True) -> None:
+    """Leave the process group. After a clean finish every rank first waits for the others: a rank that tears
+    gloo down while its peer still finishes (rank 0 writes the last checkpoint) can abort in gloo's threads
+    ("terminate called without an active exception"). After an error, no wait: the peers may never arrive."""
     if d.active and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

@@ -270,13 +270,16 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Trai
     position in the epoch) under this config's limits; the model config and batch order must be unchanged.
     Under torchrun, each process trains its share of every update (see distributed.py); rank 0 writes."""
     d = init_distributed(cfg.train.device)
+    clean = False
     try:
         with contextlib.ExitStack() as stack:
             if not d.main:  # one voice: only rank 0 prints
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-            return _train(cfg, resume, overwrite, d)
+            state = _train(cfg, resume, overwrite, d)
+        clean = True
+        return state
     finally:
-        shutdown(d)
+        shutdown(d, clean)
 
 
 class _NoLog:

@@ -91,3 +91,20 @@ def test_torchrun_training_writes_once_and_resumes_in_one_process(reversal_data,
                                                                        "max_epochs": 3}), resume=True)
     assert state.step == 12 and state.batch_in_epoch == 20
     load_checkpoint(tmp_path / "run")
+
+
+def test_shutdown_waits_for_every_rank_after_a_clean_finish_only(monkeypatch):
+    from crossway.training import distributed
+
+    calls: list[str] = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.shutdown(distributed.Dist(1, 2, 1))
+    assert calls == ["barrier", "destroy"]  # rank 1 must not tear gloo down while rank 0 still writes
+    calls.clear()
+    distributed.shutdown(distributed.Dist(1, 2, 1), clean=False)
+    assert calls == ["destroy"]  # after an error the peer may never reach a barrier
+    calls.clear()
+    distributed.shutdown(distributed.Dist())
+    assert calls == []  # one process: nothing to leave
