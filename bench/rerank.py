@@ -7,7 +7,8 @@ and the MBR temperature are chosen on the validation split and then applied, unc
     python bench/rerank.py --model runs/l2r --rescore runs/r2l --valid data/g2p/valid.tsv --test data/g2p/test.tsv
 
 Every candidate is scored by every model once (crossway.rerank.candidate_scores); the grid only re-weighs those
-numbers (crossway.rerank.choose). Results go to bench/out/rerank/: results.json and results.md.
+numbers (crossway.rerank.picks: what crossway.rerank.choose picks, without building results; edit distances for
+MBR computed once per list). Results go to bench/out/rerank/: results.json and results.md.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import crossway as cw
 from crossway.data.text import read_tsv
 from crossway.evaluate import group_references
 from crossway.metrics import error_rates
-from crossway.rerank import candidate_scores, choose
+from crossway.rerank import candidate_scores, edit_distances, picks
 from crossway.training.checkpoint import ensemble_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +34,17 @@ MBR_WEIGHTS = [0.5, 1.0, 2.0]  # (a smaller grid: MBR computes every pair's edit
 
 
 def rates(outs: list[cw.Translation], refs: list[list[list[str]]]) -> tuple[float, float]:
-    m = error_rates([o.tokens for o in outs], refs)
+    return token_rates([o.tokens for o in outs], refs)
+
+
+def token_rates(hyps: list[list[str]], refs: list[list[list[str]]]) -> tuple[float, float]:
+    m = error_rates(hyps, refs)
     return 100 * m["wer"], 100 * m["per"]
+
+
+def picked(outs: list[cw.Translation], scored, chosen: list[int | None]) -> list[list[str]]:
+    """The tokens crossway.rerank.choose would output for these picks."""
+    return [o.tokens if k is None else cs[k][0].tokens for o, cs, k in zip(outs, scored, chosen, strict=True)]
 
 
 def oracle(scored, refs: list[list[list[str]]]) -> float:
@@ -89,16 +99,18 @@ def main() -> None:
         timing[split] = {"inputs": len(sources), "threads": args.threads, "seconds": seconds}
         print(f"{split}: {len(sources)} inputs; seconds: {json.dumps(seconds)}", flush=True)
         for variant, scored in variants.items():
+            dists = edit_distances(scored)  # once per list, for every MBR setting
             for suffix, options in ((", best score", [(w, a, 0.0) for w in grid for a in ALPHAS]),
                                     (", best score, untuned", [((1.0,) * len(rescorers), 1.0, 0.0)]),
                                     (", minimum Bayes risk", [(w, 1.0, t) for w in mbr_grid for t in MBR_TEMPS])):
                 row = rows.setdefault(variant + suffix, {})
                 row.setdefault("oracle", {})[split] = oracle(scored, refs)
                 if split == "valid":  # chosen on valid: lowest WER, then PER
-                    best = min(((rates(choose(nbests[0], scored, [1.0, *w], a, t), refs), w, a, t)
-                                for w, a, t in options), key=lambda r: r[0])
+                    best = min(((token_rates(picked(nbests[0], scored, picks(scored, [1.0, *w], a, t, dists)),
+                                                 refs), w, a, t) for w, a, t in options), key=lambda r: r[0])
                     row["weights"], row["alpha"], row["mbr"] = [1.0, *best[1]], best[2], best[3]
-                row[split] = rates(choose(nbests[0], scored, row["weights"], row["alpha"], row["mbr"]), refs)
+                chosen = picks(scored, row["weights"], row["alpha"], row["mbr"], dists)
+                row[split] = token_rates(picked(nbests[0], scored, chosen), refs)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -83,37 +83,61 @@ def candidate_scores(outs: list[Translation], sources: list[str], rescorers: Seq
 
 
 def choose(outs: list[Translation], scored: Scored, weights: Sequence[float], alpha: float,
-           mbr: float = 0.0) -> list[Translation]:
+           mbr: float = 0.0, dists: Sequence[list[list[int]]] | None = None) -> list[Translation]:
     """Each source's best candidate by sum_i weights[i] * log P_i / length penalty (finished ones first), its
     `score` the weighted sum and the rest of its candidates as `alternatives`; `outs` where there is none.
 
     mbr > 0: minimum Bayes risk instead (Kumar & Byrne 2004): the candidate with the least expected token edit
     distance to the list, each candidate weighted by its posterior, softmax(weighted sum / mbr) over the list;
-    small values approach the best score, large ones a consensus (favouring what most candidates agree on)."""
+    small values approach the best score, large ones a consensus (favouring what most candidates agree on).
+    `dists`: `edit_distances(scored)`, when several settings are tried on the same lists."""
     result = []
-    for o, cs in zip(outs, scored, strict=True):
+    for i, (o, cs) in enumerate(zip(outs, scored, strict=True)):
         if not cs:
             result.append(o)
             continue
-        totals = [sum(w * x for w, x in zip(weights, lp, strict=True)) for _, lp in cs]
-        keys: list = [t / length_penalty(len(c.tokens) + 1, alpha) for (c, _), t in zip(cs, totals, strict=True)]
-        if mbr > 0:
-            top = max(totals)
-            post = [math.exp((t - top) / mbr) for t in totals]
-            n = len(cs)
-            dist = [[0] * n for _ in range(n)]
-            for a in range(n):  # symmetric, zero diagonal: each pair once
-                for b in range(a + 1, n):
-                    dist[a][b] = dist[b][a] = edit_distance(cs[a][0].tokens, cs[b][0].tokens)
-            risks = [sum(p * d for p, d in zip(post, row, strict=True)) for row in dist]
-            keys = [(-r / sum(post), k) for r, k in zip(risks, keys, strict=True)]  # ties: by score
-        ranked = [(k, dataclasses.replace(c, score=t, alternatives=[]))
-                  for k, (c, _), t in zip(keys, cs, totals, strict=True)]
-        ranked.sort(key=lambda kc: (kc[1].finished, kc[0]), reverse=True)  # as beam search ranks: finished first
-        best = ranked[0][1]
-        best.alternatives = [c for _, c in ranked[1:]]
-        result.append(best)
+        order, totals = _rank(cs, weights, alpha, mbr, dists[i] if dists is not None else None)
+        ranked = [dataclasses.replace(cs[k][0], score=totals[k], alternatives=[]) for k in order]
+        ranked[0].alternatives = ranked[1:]
+        result.append(ranked[0])
     return result
+
+
+def picks(scored: Scored, weights: Sequence[float], alpha: float, mbr: float = 0.0,
+          dists: Sequence[list[list[int]]] | None = None) -> list[int | None]:
+    """What `choose` would pick, as an index into each source's candidates (None: no candidate), without
+    building the results: for trying many weights on the same lists."""
+    return [_rank(cs, weights, alpha, mbr, dists[i] if dists is not None else None)[0][0] if cs else None
+            for i, cs in enumerate(scored)]
+
+
+def edit_distances(scored: Scored) -> list[list[list[int]]]:
+    """Per source, the token edit distance between every two of its candidates (symmetric, zero diagonal)."""
+    out = []
+    for cs in scored:
+        n = len(cs)
+        dist = [[0] * n for _ in range(n)]
+        for a in range(n):  # each pair once
+            for b in range(a + 1, n):
+                dist[a][b] = dist[b][a] = edit_distance(cs[a][0].tokens, cs[b][0].tokens)
+        out.append(dist)
+    return out
+
+
+def _rank(cs: list[tuple[Translation, list[float]]], weights: Sequence[float], alpha: float, mbr: float,
+          dist: list[list[int]] | None) -> tuple[list[int], list[float]]:
+    """One source's candidates best first (as beam search ranks: finished first), and their weighted sums."""
+    totals = [sum(w * x for w, x in zip(weights, lp, strict=True)) for _, lp in cs]
+    keys: list = [t / length_penalty(len(c.tokens) + 1, alpha) for (c, _), t in zip(cs, totals, strict=True)]
+    if mbr > 0:
+        if dist is None:
+            dist = edit_distances([cs])[0]
+        top = max(totals)
+        post = [math.exp((t - top) / mbr) for t in totals]
+        risks = [sum(p * d for p, d in zip(post, row, strict=True)) for row in dist]
+        keys = [(-r / sum(post), k) for r, k in zip(risks, keys, strict=True)]  # ties: by score
+    order = sorted(range(len(cs)), key=lambda k: (cs[k][0].finished, keys[k]), reverse=True)
+    return order, totals
 
 
 def _candidates(nbests: list[Translation]) -> list[Translation]:

@@ -12,7 +12,7 @@ from crossway.data.tokenizers import TextCodec, Vocab, make_tokenizer
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError
 from crossway.inference import Translation, translate
-from crossway.rerank import check_rerank, choose, rerank
+from crossway.rerank import check_rerank, choose, edit_distances, picks, rerank
 from crossway.training.checkpoint import LoadedModel
 from tests.decoding.scripted import ScriptedModel
 
@@ -80,6 +80,11 @@ def test_minimum_bayes_risk_picks_the_consensus():
     assert best.score == pytest.approx(math.log(0.31))
     assert choose(outs, scored, [1.0], 0.0, mbr=0.01)[0].text == "X Y Z"  # a cold posterior: the best score
     assert choose(outs, [[]], [1.0], 0.0, mbr=1.0) == outs  # nothing to choose from: as it was
+    # picks (the benchmark's grid) chooses as choose does, with distances computed once or on the fly
+    dists = edit_distances(scored + [[]])
+    assert dists[0] == [[0, 3, 3], [3, 0, 1], [3, 1, 0]] and dists[1] == []
+    assert picks(scored + [[]], [1.0], 0.0, 1.0, dists) == [1, None]
+    assert picks(scored, [1.0], 0.0, 1.0) == [1] and picks(scored, [1.0], 0.0) == [0]
 
 
 def test_translate_passes_the_mbr_temperature():
