@@ -61,6 +61,9 @@ def main() -> None:
     ap.add_argument("--test", required=True, help="TSV they are applied to")
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--n-best", type=int, default=5)
+    ap.add_argument("--weights", default=",".join(f"{w:g}" for w in RESCORER_WEIGHTS),
+                    help="each rescorer's weights to try (comma-separated; the grid has len^rescorers points, so "
+                         "keep it short with several rescorers)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench/out/rerank"))
     args = ap.parse_args()
@@ -71,7 +74,7 @@ def main() -> None:
     cfg = cw.DecodeConfig(strategy="beam", beam_size=args.beam, n_best=args.n_best)
     same_direction = all(m.tgt.to_dict() == main_run.tgt.to_dict() for m in rescorers)
     tok = main_run.tgt.tokenizer.tokenize
-    grid = list(itertools.product(RESCORER_WEIGHTS, repeat=len(rescorers)))
+    grid = list(itertools.product([float(w) for w in args.weights.split(",")], repeat=len(rescorers)))
     mbr_grid = list(itertools.product(MBR_WEIGHTS, repeat=len(rescorers)))
 
     rows: dict[str, dict] = {}  # system -> {split: (wer, per)} and its chosen settings
