@@ -83,20 +83,19 @@ def candidate_scores(outs: list[Translation], sources: list[str], rescorers: Seq
 
 
 def choose(outs: list[Translation], scored: Scored, weights: Sequence[float], alpha: float,
-           mbr: float = 0.0, dists: Sequence[list[list[int]]] | None = None) -> list[Translation]:
+           mbr: float = 0.0) -> list[Translation]:
     """Each source's best candidate by sum_i weights[i] * log P_i / length penalty (finished ones first), its
     `score` the weighted sum and the rest of its candidates as `alternatives`; `outs` where there is none.
 
     mbr > 0: minimum Bayes risk instead (Kumar & Byrne 2004): the candidate with the least expected token edit
     distance to the list, each candidate weighted by its posterior, softmax(weighted sum / mbr) over the list;
-    small values approach the best score, large ones a consensus (favouring what most candidates agree on).
-    `dists`: `edit_distances(scored)`, when several settings are tried on the same lists."""
+    small values approach the best score, large ones a consensus (favouring what most candidates agree on)."""
     result = []
-    for i, (o, cs) in enumerate(zip(outs, scored, strict=True)):
+    for o, cs in zip(outs, scored, strict=True):
         if not cs:
             result.append(o)
             continue
-        order, totals = _rank(cs, weights, alpha, mbr, dists[i] if dists is not None else None)
+        order, totals = _rank(cs, weights, alpha, mbr, None)
         ranked = [dataclasses.replace(cs[k][0], score=totals[k], alternatives=[]) for k in order]
         ranked[0].alternatives = ranked[1:]
         result.append(ranked[0])
@@ -106,7 +105,8 @@ def choose(outs: list[Translation], scored: Scored, weights: Sequence[float], al
 def picks(scored: Scored, weights: Sequence[float], alpha: float, mbr: float = 0.0,
           dists: Sequence[list[list[int]]] | None = None) -> list[int | None]:
     """What `choose` would pick, as an index into each source's candidates (None: no candidate), without
-    building the results: for trying many weights on the same lists."""
+    building the results: for trying many weights on the same lists (`dists`: `edit_distances(scored)`, computed
+    once for every MBR setting)."""
     return [_rank(cs, weights, alpha, mbr, dists[i] if dists is not None else None)[0][0] if cs else None
             for i, cs in enumerate(scored)]
 
