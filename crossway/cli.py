@@ -14,7 +14,7 @@ import crossway as cw
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # overrides may come after flags: `train C --resume a.b=1`
-    takes_overrides = (_train, _translate, _evaluate, _plot_attention)
+    takes_overrides = (_train, _translate, _evaluate, _plot_attention, _serve)
     if extra and getattr(args, "func", None) in takes_overrides and all("=" in e for e in extra):
         args.overrides += extra
     elif extra:
@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in seconds (504 after it)")
     sv.add_argument("--drain-timeout", type=float, default=60.0, help="SIGTERM: longest wait for in-flight work")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _rescore_args(sv)
+    sv.add_argument("overrides", nargs="*", help="the server's default decoding options (requests may override "
+                                                 "them), e.g. decode.strategy=beam decode.beam_size=5 decode.n_best=5")
     sv.set_defaults(func=_serve)
 
     pl = sub.add_parser("plot", help="PNG plots: attention heatmaps and training curves").add_subparsers(
@@ -154,16 +157,19 @@ def _load(args) -> cw.LoadedModel:
 
 
 def _rescorers(args) -> tuple[list[cw.LoadedModel], list[float] | None]:
+    return [cw.load_checkpoint(p, args.checkpoint) for p in args.rescore], _rescore_weights(args)
+
+
+def _rescore_weights(args) -> list[float] | None:
     if args.rescore_weights and not args.rescore:
         raise cw.ConfigError("--rescore-weights needs --rescore RUN")
-    weights = None
-    if args.rescore_weights:
-        try:
-            weights = [float(w) for w in args.rescore_weights.split(",")]
-        except ValueError:
-            raise cw.ConfigError(f"--rescore-weights {args.rescore_weights!r}: comma-separated numbers, the "
-                                 "searching model's first, then one per --rescore") from None
-    return [cw.load_checkpoint(p, args.checkpoint) for p in args.rescore], weights
+    if not args.rescore_weights:
+        return None
+    try:
+        return [float(w) for w in args.rescore_weights.split(",")]
+    except ValueError:
+        raise cw.ConfigError(f"--rescore-weights {args.rescore_weights!r}: comma-separated numbers, the "
+                             "searching model's first, then one per --rescore") from None
 
 
 def _decode_cfg(args, loaded: cw.LoadedModel) -> cw.DecodeConfig:
@@ -246,11 +252,17 @@ def _average(args) -> None:
 def _serve(args) -> None:
     from crossway.server import ServeConfig, serve
 
-    cfg = ServeConfig(host=args.host, port=args.port, threads=args.threads, max_queue=args.max_queue,
-                      max_inputs=args.max_inputs, max_input_tokens=args.max_input_tokens,
-                      max_body_bytes=args.max_body_bytes, max_batch_inputs=args.max_batch_inputs,
-                      batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout, drain_timeout_s=args.drain_timeout,
-                      checkpoint=args.checkpoint, quantize=args.quantize)
+    weights = _rescore_weights(args)
+    try:
+        cfg = ServeConfig(host=args.host, port=args.port, threads=args.threads, max_queue=args.max_queue,
+                          max_inputs=args.max_inputs, max_input_tokens=args.max_input_tokens,
+                          max_body_bytes=args.max_body_bytes, max_batch_inputs=args.max_batch_inputs,
+                          batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout,
+                          drain_timeout_s=args.drain_timeout, checkpoint=args.checkpoint, quantize=args.quantize,
+                          decode=tuple(args.overrides), rescore=tuple(args.rescore),
+                          rescore_weights=None if weights is None else tuple(weights))
+    except ValueError as e:  # a limit out of range, weights that do not match the models
+        raise cw.ConfigError(str(e)) from None
     serve(args.model, cfg, log_level=args.log_level)
 
 

@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # (crossway.inference calls rerank)
     from crossway.training.checkpoint import LoadedModel
 
 
-def check_rerank(cfg: DecodeConfig, rescorers: Sequence[LoadedModel]) -> None:
-    """Rescorers need an n-best list to choose from: beam search with n_best > 1."""
+def check_rerank(cfg: DecodeConfig, rescorers: Sequence[LoadedModel | str]) -> None:
+    """Rescorers (loaded, or their paths) need an n-best list to choose from: beam search with n_best > 1."""
     if rescorers and (cfg.strategy != "beam" or cfg.n_best < 2):
         raise ConfigError("reranking needs an n-best list: decode.strategy=beam and decode.n_best of 2 or more "
                           f"(got strategy {cfg.strategy!r}, n_best {cfg.n_best})")

@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -33,11 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crossway import __version__
 from crossway.batcher import DeadlineExceeded, MicroBatcher, QueueFull
+from crossway.config import decode_overrides
 from crossway.decoding import DecodeConfig
-from crossway.errors import CrosswayError
+from crossway.errors import ConfigError, CrosswayError
 from crossway.inference import Translation, set_threads, translate
 from crossway.quantize import QUANTIZE, quantize
-from crossway.training.checkpoint import LoadedModel, load_checkpoint
+from crossway.rerank import check_rerank
+from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_config
 
 log = logging.getLogger("crossway.server")
 
@@ -59,6 +61,9 @@ class ServeConfig:
     threads: int = 0  # torch threads; 0 = torch's choice
     checkpoint: str = "best"
     quantize: str = "none"  # none | int8 (crossway.quantize)
+    decode: tuple[str, ...] = ()  # "decode.key=value": the server's default decoding options (requests override)
+    rescore: tuple[str, ...] = ()  # runs that rerank every n-best list (crossway.rerank), e.g. a right-to-left one
+    rescore_weights: tuple[float, ...] | None = None  # the searching model's, then one per rescorer (default: 1s)
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_inputs", "max_output_tokens", "max_beam_size", "max_queue",
@@ -69,33 +74,57 @@ class ServeConfig:
             raise ValueError(f"serve.quantize must be one of {list(QUANTIZE)}, not {self.quantize!r}")
         if self.timeout_s <= 0 or self.batch_wait_ms < 0 or self.max_input_tokens < 0:
             raise ValueError("serve.timeout_s must be > 0, batch_wait_ms and max_input_tokens >= 0")
+        if self.rescore_weights is not None and len(self.rescore_weights) != 1 + len(self.rescore):
+            raise ValueError(f"serve.rescore_weights: {len(self.rescore_weights)} weights for "
+                             f"{1 + len(self.rescore)} models (the searching model first, then each rescorer)")
 
 
 class Engine:
     """A loaded model and what the server needs to know about it."""
 
-    def __init__(self, loaded: LoadedModel, name: str):
+    def __init__(self, loaded: LoadedModel, name: str, rescorers: Sequence[LoadedModel] = (),
+                 weights: Sequence[float] | None = None):
+        """`rescorers` rerank every n-best list (weights: the searching model's, then one per rescorer), so the
+        model's decoding options must give one (crossway.rerank.check_rerank), and so must every request's."""
+        check_rerank(loaded.config.decode, rescorers)
         self.loaded, self.name = loaded, name
+        self.rescorers, self.weights = list(rescorers), None if weights is None else list(weights)
         cfg = loaded.config
         self.max_src_len = cfg.data.max_src_len
         self.max_positions = getattr(cfg.model, "max_positions", None)  # the Transformer's position table
 
     @classmethod
-    def load(cls, run: str | Path, checkpoint: str = "best", quantize_mode: str = "none") -> Engine:
-        loaded = load_checkpoint(run, checkpoint)
-        return cls(dataclasses.replace(loaded, model=quantize(loaded.model, quantize_mode)), Path(run).name)
+    def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig()) -> Engine:
+        """The model in `run` with `cfg`'s checkpoint choice, quantization, default decoding options and
+        rescorers (loaded alike)."""
+
+        def one(path):
+            loaded = load_checkpoint(path, cfg.checkpoint)
+            return dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
+
+        loaded = one(run)
+        if cfg.decode:
+            config = dataclasses.replace(loaded.config, decode=decode_overrides(loaded.config.decode,
+                                                                                list(cfg.decode)))
+            loaded = dataclasses.replace(loaded, config=config)
+        return cls(loaded, Path(run).name, [one(r) for r in cfg.rescore], cfg.rescore_weights)
 
     def count_tokens(self, text: str) -> int:
         return len(self.loaded.src.encode(text))
 
     def translate(self, texts: list[str], cfg: DecodeConfig) -> list[Translation]:
-        return translate(self.loaded.model, self.loaded.src, self.loaded.tgt, texts, cfg)
+        return translate(self.loaded.model, self.loaded.src, self.loaded.tgt, texts, cfg,
+                         rescorers=self.rescorers, weights=self.weights)
 
     def info(self) -> dict:
         cfg = self.loaded.config
-        return {"name": self.name, "arch": cfg.model.arch, "src_tokenizer": cfg.data.src_tokenizer,
-                "tgt_tokenizer": cfg.data.tgt_tokenizer, "decode": dataclasses.asdict(cfg.decode),
-                "attention": _attention_kind(cfg.model)}
+        out = {"name": self.name, "arch": cfg.model.arch, "src_tokenizer": cfg.data.src_tokenizer,
+               "tgt_tokenizer": cfg.data.tgt_tokenizer, "decode": dataclasses.asdict(cfg.decode),
+               "attention": _attention_kind(cfg.model)}
+        if self.rescorers:
+            out["rescore"] = {"models": [str(r.path) for r in self.rescorers],
+                              "weights": self.weights or [1.0] * (1 + len(self.rescorers))}
+        return out
 
     def warm_up(self) -> None:
         sample = self.loaded.src.tokenizer.detokenize(self.loaded.src.vocab.itos[4:9])
@@ -316,6 +345,11 @@ def _check(req, engine: Engine, cfg: ServeConfig) -> tuple[DecodeConfig, float]:
         dcfg = dataclasses.replace(engine.loaded.config.decode, **options, return_attention=req.return_attention)
     except (ValueError, TypeError) as e:
         raise RequestError(422, "invalid_options", str(e), field="options") from None
+    try:
+        check_rerank(dcfg, engine.rescorers)
+    except ConfigError as e:
+        raise RequestError(422, "invalid_options", f"this server reranks with {len(engine.rescorers)} rescoring "
+                           f"model(s): {e}", field="options") from None
     if dcfg.strategy == "beam" and dcfg.beam_size > cfg.max_beam_size:
         raise RequestError(422, "beam_too_large", f"options.beam_size={dcfg.beam_size} is over the limit of "
                            f"{cfg.max_beam_size}", field="options.beam_size", limit=cfg.max_beam_size)
@@ -376,9 +410,12 @@ class BodyLimit:
 # --- running it -----------------------------------------------------------------------------------------------
 def serve(run: str | Path, cfg: ServeConfig = ServeConfig(), log_level: str = "info") -> None:
     """Serve the model in `run` until SIGTERM/SIGINT, then drain (see the module docstring)."""
-    if not Path(run).exists():
-        raise CrosswayError(f"{run}: no such model directory")
-    app = create_app(lambda: Engine.load(run, cfg.checkpoint, cfg.quantize), cfg)
+    for path in (run, *cfg.rescore):
+        if not Path(path).exists():
+            raise CrosswayError(f"{path}: no such model directory")
+    # a bad decoding option, or options that give the rescorers no n-best list, fail here, before the server starts
+    check_rerank(decode_overrides(load_config(run, cfg.checkpoint).decode, list(cfg.decode)), cfg.rescore)
+    app = create_app(lambda: Engine.load(run, cfg), cfg)
     server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
                                            timeout_graceful_shutdown=cfg.drain_timeout_s),
                             app.state, cfg.drain_timeout_s)

@@ -16,7 +16,12 @@ import time
 import httpx
 import pytest
 
+from crossway import cli
+from crossway.config import decode_overrides
+from crossway.errors import ConfigError
+from crossway.inference import translate
 from crossway.server import Engine, ServeConfig, create_app
+from crossway.training.checkpoint import load_checkpoint
 from tests.servers import free_port, running, wait_ready
 
 
@@ -180,6 +185,41 @@ def test_a_model_that_fails_to_load_is_reported_not_crashed(tmp_path):
         assert r.status_code == 503 and r.json()["status"] == "failed" and "nothing" in r.json()["error"]
 
 
+
+RERANK = ("decode.strategy=beam", "decode.beam_size=4", "decode.n_best=4", "decode.rescore_union=true")
+
+
+def test_a_server_with_a_rescorer_answers_as_the_library_reranks(served_runs):
+    rescorer = str(served_runs["transformer"])
+    cfg = ServeConfig(decode=RERANK, rescore=(rescorer,), rescore_weights=(1.0, 0.5))
+    inputs = ["abc", "hgfed"]
+    with running(create_app(lambda: Engine.load(served_runs["rnn"], cfg), cfg)) as url, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        wait_ready(client)
+        info = client.get("/v1/info").json()
+        assert info["rescore"]["weights"] == [1.0, 0.5] and info["rescore"]["models"][0].startswith(rescorer)
+        assert info["decode"]["n_best"] == 4 and info["decode"]["rescore_union"] is True
+        r = client.post("/v1/translate", json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        served = r.json()["outputs"]
+        err = error_of(client.post("/v1/translate", json={"inputs": ["abc"], "options": {"strategy": "greedy"}}), 422)
+        assert err["code"] == "invalid_options" and "n-best" in err["message"] and "1 rescoring" in err["message"]
+    main, other = load_checkpoint(served_runs["rnn"]), load_checkpoint(rescorer)
+    dcfg = decode_overrides(main.config.decode, list(RERANK))
+    want = translate(main.model, main.src, main.tgt, inputs, dcfg, rescorers=[other], weights=[1.0, 0.5])
+    plain = translate(main.model, main.src, main.tgt, inputs, dcfg)
+    assert [o["text"] for o in served] == [w.text for w in want]
+    assert [o["score"] for o in served] == pytest.approx([w.score for w in want], abs=1e-4)
+    assert all(abs(o["score"] - p.score) > 1e-3 for o, p in zip(served, plain, strict=True))  # both models scored
+    assert len(served[0]["alternatives"]) == len(want[0].alternatives) > 0
+
+
+def test_rescorers_need_an_nbest_list_from_the_servers_options(served_runs):
+    with pytest.raises(ConfigError, match="n-best"):  # tiny_config decodes greedily: nothing to rerank
+        Engine.load(served_runs["rnn"], ServeConfig(rescore=(str(served_runs["transformer"]),)))
+    with pytest.raises(ValueError, match="2 weights for 3 models"):
+        ServeConfig(rescore=("a", "b"), rescore_weights=(1.0, 1.0))
+
 @pytest.mark.parametrize("options", [{"strategy": "greedy"}, {"strategy": "beam", "beam_size": 3, "n_best": 2}])
 def test_micro_batching_gives_the_outputs_of_single_requests(served_runs, options):
     app = create_app(lambda: Engine.load(served_runs["transformer"]), ServeConfig(batch_wait_ms=100))
@@ -267,6 +307,24 @@ def test_serve_cli_names_a_missing_model(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "crossway", "serve", "--model", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no such model directory" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rescore", "{tmp}/r2l"], "r2l: no such model directory"),
+    (["--rescore-weights", "1,1"], "--rescore-weights needs --rescore RUN"),
+    (["--rescore", "{run}", "--rescore-weights", "1,1,1"], "3 weights for 2 models"),
+    (["--max-queue", "0"], "serve.max_queue must be >= 1"),
+    (["decode.beam_size=0"], "decode.beam_size"),
+    (["--rescore", "{run}"], "reranking needs an n-best list"),  # the run decodes greedily
+    (["--rescore", "{run}", "decode.strategy=beam", "decode.beam_size=8", "decode.n_best=8", "decode.seed=x"],
+     "decode.seed"),
+])
+def test_serve_cli_rejects_bad_options_before_starting(served_runs, tmp_path, capsys, args, message):
+    run = str(served_runs["rnn"])
+    argv = ["serve", "--model", run, *[a.format(tmp=tmp_path, run=run) for a in args]]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_every_error_body_is_json(rnn_server):

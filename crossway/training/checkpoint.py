@@ -105,10 +105,23 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     raise CheckpointError(f"{path}: no checkpoint here (expected {path / which}/model.safetensors)")
 
 
+def load_config(path: str | Path, which: str = "best") -> RunConfig:
+    """The configuration a checkpoint was trained with, without loading its weights."""
+    ckpt = resolve_checkpoint(path, which)
+    try:
+        return _read_config(ckpt)
+    except Exception as e:  # noqa: BLE001  corrupt JSON, bad config
+        raise CheckpointError(f"{ckpt}: cannot read config.json ({type(e).__name__}: {e})") from None
+
+
+def _read_config(ckpt: Path) -> RunConfig:
+    return RunConfig.from_dict(json.loads((ckpt / "config.json").read_text(encoding="utf-8")))
+
+
 def load_checkpoint(path: str | Path, which: str = "best") -> LoadedModel:
     ckpt = resolve_checkpoint(path, which)
     try:
-        config = RunConfig.from_dict(json.loads((ckpt / "config.json").read_text(encoding="utf-8")))
+        config = _read_config(ckpt)
         vocab = json.loads((ckpt / "vocab.json").read_text(encoding="utf-8"))
         src, tgt = TextCodec.from_dict(vocab["src"]), TextCodec.from_dict(vocab["tgt"])
         model = build_model(config, len(src.vocab), len(tgt.vocab))
