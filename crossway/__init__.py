@@ -6,17 +6,20 @@ from crossway.data.text import decode_lines, read_lines
 from crossway.decoding import DecodeConfig, greedy_search
 from crossway.errors import CheckpointError, ConfigError, CrosswayError, DataError
 from crossway.evaluate import Evaluation, evaluate_file, evaluate_pairs, score_files
+from crossway.graphone import GraphoneConfig, GraphoneModel, load_graphone, train_graphone, train_graphone_file
 from crossway.hf import export_hf, import_hf
 from crossway.inference import TranslateStats, Translation, set_threads, translate
 from crossway.quantize import QUANTIZE, quantize
-from crossway.rerank import rerank
+from crossway.rerank import Rescorer, load_rescorer, rerank
 from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_models
 from crossway.training.loop import train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ConfigError", "CrosswayError", "DataError", "DecodeConfig", "Evaluation", "LoadedModel",
+    "CheckpointError", "ConfigError", "CrosswayError", "DataError", "DecodeConfig", "Evaluation", "GraphoneConfig",
+    "GraphoneModel", "LoadedModel", "Rescorer", "load_graphone", "load_rescorer", "train_graphone",
+    "train_graphone_file",
     "QUANTIZE", "RunConfig", "TranslateStats", "Translation", "evaluate_file", "evaluate_pairs", "greedy_search",
     "load_checkpoint", "load_models", "decode_lines", "decode_overrides", "export_hf", "import_hf", "load_config",
     "prepare_g2p", "quantize", "read_lines", "rerank", "score_files", "set_threads", "train",

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import crossway as cw
@@ -53,6 +54,18 @@ def _parser() -> argparse.ArgumentParser:
                                                           "when there is none, so job scripts can always pass it)")
     tr.add_argument("--overwrite", action="store_true", help="delete an existing run in train.out_dir first")
     tr.set_defaults(func=_train)
+
+    gp = sub.add_parser("graphone", help="train a joint-sequence (graphone) n-gram model on a TSV file: a "
+                                         "rescorer for --rescore (crossway.graphone)")
+    gp.add_argument("data", help="TSV, source<TAB>target per line (e.g. data/g2p/train.tsv)")
+    gp.add_argument("--out", required=True, help="directory to save the model in")
+    gp.add_argument("--order", type=int, default=8, help="n-gram order over graphones (default 8)")
+    gp.add_argument("--iterations", type=int, default=8, help="EM iterations of the alignment (default 8)")
+    gp.add_argument("--max-src", type=int, default=2, help="source tokens per graphone (default 2)")
+    gp.add_argument("--max-tgt", type=int, default=2, help="target tokens per graphone (default 2)")
+    gp.add_argument("--src-tokenizer", default="char", help="char (default, lowercased) or word")
+    gp.add_argument("--tgt-tokenizer", default="word", help="word (default) or char")
+    gp.set_defaults(func=_graphone)
 
     tl = sub.add_parser("translate", help="decode lines (stdin -> stdout, one output line per input line; with "
                                           "decode.n_best > 1: input line, rank, score and output, tab-separated)")
@@ -156,8 +169,8 @@ def _load(args) -> cw.LoadedModel:
     return dataclasses.replace(loaded, model=cw.quantize(loaded.model, args.quantize))
 
 
-def _rescorers(args) -> tuple[list[cw.LoadedModel], list[float] | None]:
-    return [cw.load_checkpoint(p, args.checkpoint) for p in args.rescore], _rescore_weights(args)
+def _rescorers(args) -> tuple[list[cw.Rescorer], list[float] | None]:
+    return [cw.load_rescorer(p, args.checkpoint) for p in args.rescore], _rescore_weights(args)
 
 
 def _rescore_weights(args) -> list[float] | None:
@@ -180,6 +193,14 @@ def _decode_cfg(args, loaded: cw.LoadedModel) -> cw.DecodeConfig:
 def _data_g2p(args) -> None:
     stats = cw.prepare_g2p(args.outdir, keep_stress=args.keep_stress)
     print(json.dumps(stats, indent=2))
+
+
+def _graphone(args) -> None:
+    t0 = time.perf_counter()
+    cfg = cw.GraphoneConfig(order=args.order, iterations=args.iterations, max_src=args.max_src,
+                            max_tgt=args.max_tgt, src_tokenizer=args.src_tokenizer, tgt_tokenizer=args.tgt_tokenizer)
+    model = cw.train_graphone_file(args.data, args.out, cfg)
+    print(f"graphone model saved in {model.path} ({time.perf_counter() - t0:.0f} s)")
 
 
 def _train(args) -> int:

@@ -13,6 +13,7 @@ from crossway.decoding import DecodeConfig
 from crossway.errors import DataError
 from crossway.inference import TranslateStats, translate
 from crossway.metrics import error_rates, sacrebleu_available, sacrebleu_scores
+from crossway.rerank import Rescorer
 from crossway.training.checkpoint import LoadedModel
 
 
@@ -33,7 +34,7 @@ def group_references(pairs: list[Pair]) -> tuple[list[str], list[list[str]]]:
 
 
 def evaluate_pairs(model: nn.Module, src: TextCodec, tgt: TextCodec, pairs: list[Pair], cfg: DecodeConfig,
-                   max_src_len: int | None = None, rescorers: Sequence[LoadedModel] = (),
+                   max_src_len: int | None = None, rescorers: Sequence[Rescorer] = (),
                    weights: Sequence[float] | None = None) -> Evaluation:
     """With `rescorers`, the n-best lists (decode.n_best) are reranked by them first (crossway.rerank)."""
     sources, references = group_references(pairs)
@@ -64,7 +65,7 @@ def score_files(hyp_path: str, ref_paths: list[str]) -> dict:
 
 
 def evaluate_file(loaded: LoadedModel, path: str, cfg: DecodeConfig | None = None,
-                  rescorers: Sequence[LoadedModel] = (), weights: Sequence[float] | None = None) -> Evaluation:
+                  rescorers: Sequence[Rescorer] = (), weights: Sequence[float] | None = None) -> Evaluation:
     """Score a data file read with the run's own data settings (format and columns)."""
     d = loaded.config.data
     pairs = read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)

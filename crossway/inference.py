@@ -14,7 +14,7 @@ from crossway.data.text import Example
 from crossway.data.tokenizers import PAD_ID, UNK_ID, TextCodec
 from crossway.decoding import DecodeConfig, Hypothesis, decode
 from crossway.errors import DataError
-from crossway.rerank import check_rerank, rerank
+from crossway.rerank import Rescorer, check_rerank, rerank
 from crossway.training.checkpoint import LoadedModel
 
 
@@ -39,7 +39,7 @@ class TranslateStats:
 
 def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str], cfg: DecodeConfig,
               max_src_len: int | None = None, stats: TranslateStats | None = None,
-              name: str = "input", rescorers: Sequence[LoadedModel] = (),
+              name: str = "input", rescorers: Sequence[Rescorer] = (),
               weights: Sequence[float] | None = None) -> list[Translation]:
     """One translation per input text, in input order. An input longer than `max_src_len` tokens is an error
     naming `name` and its (1-based) line; nothing is truncated. Empty inputs give empty outputs. With
@@ -78,7 +78,8 @@ def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str]
         pools, searcher = [], None
         if cfg.rescore_union:
             plain = dataclasses.replace(cfg, rescore_union=False)
-            pools = [translate(r.model, r.src, r.tgt, texts, plain, max_src_len, name=name) for r in rescorers]
+            pools = [translate(r.model, r.src, r.tgt, texts, plain, max_src_len, name=name) for r in rescorers
+                     if isinstance(r, LoadedModel)]  # (a TextScorer cannot search: it only scores)
             searcher = LoadedModel(model, None, src, tgt, None)  # type: ignore[arg-type]  # (only model, src, tgt)
         return rerank(out, texts, rescorers, weights, cfg.length_penalty, cfg.max_tokens,  # type: ignore[arg-type]
                       pools, searcher, cfg.rescore_mbr)

@@ -22,26 +22,43 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 from crossway.decoding.common import DecodeConfig, length_penalty
 from crossway.decoding.score import sequence_scores
 from crossway.errors import ConfigError
+from crossway.graphone import is_graphone, load_graphone
 from crossway.metrics import edit_distance
+from crossway.training.checkpoint import LoadedModel, load_checkpoint
 
 if TYPE_CHECKING:  # (crossway.inference calls rerank)
     from crossway.inference import Translation
-    from crossway.training.checkpoint import LoadedModel
 
 
-def check_rerank(cfg: DecodeConfig, rescorers: Sequence[LoadedModel | str]) -> None:
+@runtime_checkable
+class TextScorer(Protocol):
+    """A rescorer that reads text itself and cannot search (crossway.graphone.GraphoneModel)."""
+
+    def score_texts(self, sources: Sequence[str], outputs: Sequence[str]) -> list[float]: ...
+
+
+Rescorer: TypeAlias = LoadedModel | TextScorer
+
+
+def load_rescorer(path: str | Path, checkpoint: str = "best") -> Rescorer:
+    """A rescorer from its directory: a graphone model (crossway graphone) or a run (its `checkpoint`)."""
+    return load_graphone(path) if is_graphone(path) else load_checkpoint(path, checkpoint)
+
+
+def check_rerank(cfg: DecodeConfig, rescorers: Sequence[Rescorer | str]) -> None:
     """Rescorers (loaded, or their paths) need an n-best list to choose from: beam search with n_best > 1."""
     if rescorers and (cfg.strategy != "beam" or cfg.n_best < 2):
         raise ConfigError("reranking needs an n-best list: decode.strategy=beam and decode.n_best of 2 or more "
                           f"(got strategy {cfg.strategy!r}, n_best {cfg.n_best})")
 
 
-def rerank(outs: list[Translation], sources: list[str], rescorers: Sequence[LoadedModel],
+def rerank(outs: list[Translation], sources: list[str], rescorers: Sequence[Rescorer],
            weights: Sequence[float] | None = None, alpha: float = 1.0, max_tokens: int = 4000,
            pools: Sequence[list[Translation]] = (), searcher: LoadedModel | None = None,
            mbr: float = 0.0) -> list[Translation]:
@@ -59,7 +76,7 @@ def rerank(outs: list[Translation], sources: list[str], rescorers: Sequence[Load
 Scored: TypeAlias = "list[list[tuple[Translation, list[float]]]]"  # per source: (candidate, log P of each model)
 
 
-def candidate_scores(outs: list[Translation], sources: list[str], rescorers: Sequence[LoadedModel],
+def candidate_scores(outs: list[Translation], sources: list[str], rescorers: Sequence[Rescorer],
                      max_tokens: int = 4000, pools: Sequence[list[Translation]] = (),
                      searcher: LoadedModel | None = None) -> Scored:
     """Every candidate of each source with its log-probability under the searching model (its beam score, or
@@ -73,13 +90,21 @@ def candidate_scores(outs: list[Translation], sources: list[str], rescorers: Seq
     flat = [(i, c) for i, cs in enumerate(cands) for c in cs]
     logp: list[list[float]] = [[] if pools else [c.score] for _, c in flat]
     for r in [searcher, *rescorers] if pools else rescorers:
-        pairs = [(r.src.encode(sources[i]), r.tgt.encode(c.text)) for i, c in flat]
-        for k, s in enumerate(sequence_scores(r.model, pairs, max_tokens)):
+        for k, s in enumerate(_scores(r, [sources[i] for i, _ in flat], [c.text for _, c in flat], max_tokens)):
             logp[k].append(s)
     scored: Scored = [[] for _ in outs]
     for k, (i, c) in enumerate(flat):
         scored[i].append((c, logp[k]))
     return scored
+
+
+def _scores(r: Rescorer, sources: list[str], outputs: list[str], max_tokens: int) -> list[float]:
+    """log P(output | source) by forced decoding through the model protocol, or a model's own `score_texts`
+    (crossway.graphone, whose joint log P(source, output) ranks one source's candidates alike)."""
+    if isinstance(r, TextScorer):
+        return list(r.score_texts(sources, outputs))
+    pairs = [(r.src.encode(s), r.tgt.encode(o)) for s, o in zip(sources, outputs, strict=True)]
+    return sequence_scores(r.model, pairs, max_tokens)
 
 
 def choose(outs: list[Translation], scored: Scored, weights: Sequence[float], alpha: float,

@@ -36,9 +36,10 @@ from crossway.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 from crossway.config import decode_overrides
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError, CrosswayError
+from crossway.graphone import is_graphone, load_graphone
 from crossway.inference import Translation, set_threads, translate
 from crossway.quantize import QUANTIZE, quantize
-from crossway.rerank import check_rerank
+from crossway.rerank import Rescorer, check_rerank
 from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_config
 
 log = logging.getLogger("crossway.server")
@@ -62,7 +63,7 @@ class ServeConfig:
     checkpoint: str = "best"
     quantize: str = "none"  # none | int8 (crossway.quantize)
     decode: tuple[str, ...] = ()  # "decode.key=value": the server's default decoding options (requests override)
-    rescore: tuple[str, ...] = ()  # runs that rerank every n-best list (crossway.rerank), e.g. a right-to-left one
+    rescore: tuple[str, ...] = ()  # runs (or graphone models) that rerank every n-best list (crossway.rerank)
     rescore_weights: tuple[float, ...] | None = None  # the searching model's, then one per rescorer (default: 1s)
 
     def __post_init__(self):
@@ -82,7 +83,7 @@ class ServeConfig:
 class Engine:
     """A loaded model and what the server needs to know about it."""
 
-    def __init__(self, loaded: LoadedModel, name: str, rescorers: Sequence[LoadedModel] = (),
+    def __init__(self, loaded: LoadedModel, name: str, rescorers: Sequence[Rescorer] = (),
                  weights: Sequence[float] | None = None):
         """`rescorers` rerank every n-best list (weights: the searching model's, then one per rescorer), so the
         model's decoding options must give one (crossway.rerank.check_rerank), and so must every request's."""
@@ -102,12 +103,15 @@ class Engine:
             loaded = load_checkpoint(path, cfg.checkpoint)
             return dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
 
+        def rescorer(path):  # a graphone model has no weights to quantize
+            return load_graphone(path) if is_graphone(path) else one(path)
+
         loaded = one(run)
         if cfg.decode:
             config = dataclasses.replace(loaded.config, decode=decode_overrides(loaded.config.decode,
                                                                                 list(cfg.decode)))
             loaded = dataclasses.replace(loaded, config=config)
-        return cls(loaded, Path(run).name, [one(r) for r in cfg.rescore], cfg.rescore_weights)
+        return cls(loaded, Path(run).name, [rescorer(r) for r in cfg.rescore], cfg.rescore_weights)
 
     def count_tokens(self, text: str) -> int:
         return len(self.loaded.src.encode(text))
