@@ -6,6 +6,8 @@ and the MBR temperature are chosen on the validation split and then applied, unc
 
     python bench/rerank.py --model runs/l2r --rescore runs/r2l --valid data/g2p/valid.tsv --test data/g2p/test.tsv
 
+A rescorer may be a graphone model (crossway graphone): it scores every candidate but searches for none.
+
 Every candidate is scored by every model once (crossway.rerank.candidate_scores); the grid only re-weighs those
 numbers (crossway.rerank.picks: what crossway.rerank.choose picks, without building results; edit distances for
 MBR computed once per list). Results go to bench/out/rerank/: results.json and results.md.
@@ -56,7 +58,8 @@ def oracle(scored, refs: list[list[list[str]]]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="the searching run")
-    ap.add_argument("--rescore", action="append", required=True, metavar="RUN", help="a rescoring run (repeatable)")
+    ap.add_argument("--rescore", action="append", required=True, metavar="RUN",
+                    help="a rescoring run or graphone model (repeatable)")
     ap.add_argument("--valid", required=True, help="TSV the weights and length penalty are chosen on")
     ap.add_argument("--test", required=True, help="TSV they are applied to")
     ap.add_argument("--beam", type=int, default=5)
@@ -69,10 +72,13 @@ def main() -> None:
     args = ap.parse_args()
     cw.set_threads(args.threads)
     main_run = cw.load_checkpoint(args.model)
-    rescorers = [cw.load_checkpoint(r) for r in args.rescore]
-    models = [main_run, *rescorers]
+    rescorers = [cw.load_rescorer(r) for r in args.rescore]
+    # the models that can search (a graphone model only scores): their n-best lists make the union
+    searchers = [(name, m) for name, m in zip([args.model, *args.rescore], [main_run, *rescorers], strict=True)
+                 if isinstance(m, cw.LoadedModel)]
     cfg = cw.DecodeConfig(strategy="beam", beam_size=args.beam, n_best=args.n_best)
-    same_direction = all(m.tgt.to_dict() == main_run.tgt.to_dict() for m in rescorers)
+    same_direction = len(searchers) == 1 + len(rescorers) and all(
+        m.tgt.to_dict() == main_run.tgt.to_dict() for _, m in searchers)
     tok = main_run.tgt.tokenizer.tokenize
     grid = list(itertools.product([float(w) for w in args.weights.split(",")], repeat=len(rescorers)))
     mbr_grid = list(itertools.product(MBR_WEIGHTS, repeat=len(rescorers)))
@@ -83,14 +89,14 @@ def main() -> None:
         sources, references = group_references(read_tsv(path))
         refs = [[tok(r) for r in rs] for rs in references]
         nbests, seconds = [], {}
-        for name, m in zip([args.model, *args.rescore], models, strict=True):
+        for name, m in searchers:
             t0 = time.perf_counter()
             nbests.append(cw.translate(m.model, m.src, m.tgt, sources, cfg))
             seconds[f"search {name}"] = time.perf_counter() - t0
-        for name, outs in zip([args.model, *args.rescore], nbests, strict=True):
+        for (name, _), outs in zip(searchers, nbests, strict=True):
             rows.setdefault(f"{name} alone", {})[split] = rates(outs, refs)
         if same_direction:
-            ens = ensemble_of(models)
+            ens = ensemble_of([m for _, m in searchers])
             rows.setdefault("ensemble (mean probability, beam)", {})[split] = rates(
                 cw.translate(ens.model, ens.src, ens.tgt, sources, cfg), refs)
         variants = {}

@@ -117,6 +117,24 @@ def test_evaluate_and_translate_an_ensemble(served_runs, tmp_path):
     assert p.returncode == 0 and len(p.stdout.decode().splitlines()) == 2, p.stderr.decode()
 
 
+def test_graphone_trains_and_rescores(run, tmp_path):
+    train, valid, g = str(run["dir"] / "train.tsv"), str(run["dir"] / "valid.tsv"), tmp_path / "g"
+    p = cw("graphone", train, "--out", str(g), "--order", "3", "--iterations", "3")
+    assert p.returncode == 0 and "graphone model saved" in p.stdout.decode(), p.stderr.decode()
+    assert "graphone EM 3/3" in p.stdout.decode() and "pairs left out" in p.stdout.decode()
+    for union in ("false", "true"):  # the union: a graphone model adds no n-best list of its own
+        p = cw("evaluate", "--model", str(run["run"]), "--data", valid, "--rescore", str(g), "--rescore-weights",
+               "1,0.5", "decode.strategy=beam", "decode.n_best=3", f"decode.rescore_union={union}", "--report",
+               str(tmp_path / "r.json"))
+        assert p.returncode == 0, p.stderr.decode()
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["rescore"] == {"models": [str(g)], "weights": [1.0, 0.5]} and report["n"] > 0
+    assert_clean_error(cw("graphone", train, "--out", str(tmp_path / "x"), "--order", "0"), "graphone.order")
+    assert_clean_error(cw("graphone", str(tmp_path / "none.tsv"), "--out", str(tmp_path / "x")), "none.tsv")
+    (tmp_path / "bad.tsv").write_text("abc\tc b a\nabd\n")
+    assert_clean_error(cw("graphone", str(tmp_path / "bad.tsv"), "--out", str(tmp_path / "x")), "bad.tsv:2")
+
+
 def test_bad_inputs_are_clean_errors(run, tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("abc\tc b a\nabd\td b a\textra\n")

@@ -19,6 +19,7 @@ import pytest
 from crossway import cli
 from crossway.config import decode_overrides
 from crossway.errors import ConfigError
+from crossway.graphone import GraphoneConfig, load_graphone, train_graphone_file
 from crossway.inference import translate
 from crossway.server import Engine, ServeConfig, create_app
 from crossway.training.checkpoint import load_checkpoint
@@ -212,6 +213,25 @@ def test_a_server_with_a_rescorer_answers_as_the_library_reranks(served_runs):
     assert [o["score"] for o in served] == pytest.approx([w.score for w in want], abs=1e-4)
     assert all(abs(o["score"] - p.score) > 1e-3 for o, p in zip(served, plain, strict=True))  # both models scored
     assert len(served[0]["alternatives"]) == len(want[0].alternatives) > 0
+
+
+def test_a_server_with_a_graphone_rescorer(served_runs, tmp_path):
+    g = tmp_path / "g"
+    train_graphone_file(served_runs["rnn"].parent / "train.tsv", g, GraphoneConfig(order=3), log=lambda _: None)
+    cfg = ServeConfig(decode=RERANK, rescore=(str(g),))
+    inputs = ["abc", "hgfed"]
+    with running(create_app(lambda: Engine.load(served_runs["rnn"], cfg), cfg)) as url, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        wait_ready(client)
+        assert client.get("/v1/info").json()["rescore"]["models"] == [str(g)]
+        r = client.post("/v1/translate", json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        served = r.json()["outputs"]
+    main = load_checkpoint(served_runs["rnn"])
+    dcfg = decode_overrides(main.config.decode, list(RERANK))
+    want = translate(main.model, main.src, main.tgt, inputs, dcfg, rescorers=[load_graphone(g)])
+    assert [o["text"] for o in served] == [w.text for w in want]
+    assert [o["score"] for o in served] == pytest.approx([w.score for w in want], abs=1e-4)
 
 
 def test_rescorers_need_an_nbest_list_from_the_servers_options(served_runs):
