@@ -1,13 +1,15 @@
 """G2P benchmark: RNN variants (no attention, Bahdanau, Luong) and the Transformer trained under the same time
 budget on the CMUdict split, then scored on the test split: WER and PER with greedy search and beam 5,
 training time, parameters, decoding speed (words/s at batch 1 and 256), and WER by word length (table and
-PNG). Optionally the classic WFST peer Phonetisaurus, trained and decoded on the same split.
+PNG). Optionally the classic WFST peer Phonetisaurus, and crossway's own joint-sequence (graphone) n-gram model,
+trained and decoded on the same split.
 
     python bench/g2p.py --minutes 15 --threads 1                  # train and score every system
     python bench/g2p.py --systems transformer --minutes 60        # one system
     python bench/g2p.py --existing best=runs/g2p-rnn --no-train    # score runs trained elsewhere
     python bench/g2p.py --no-train --systems "" --existing both=runs/a+runs/b   # an ensemble of two runs
     python bench/g2p.py --phonetisaurus                            # add the peer (pip install phonetisaurus)
+    python bench/g2p.py --no-train --systems "" --graphone         # crossway's joint-sequence n-gram model alone
     python bench/g2p.py --systems transformer,rnn-bahdanau --side-by-side --threads 1 --minutes 60
                                         # one process each at once, then each and their ensemble
 
@@ -153,6 +155,22 @@ def run_phonetisaurus(data: Path, threads: int) -> dict:
             "greedy_words_per_s_batch256": len(sources) / decode_seconds}
 
 
+def run_graphone(data: Path, threads: int) -> dict:
+    """crossway's joint-sequence model (crossway.graphone, default settings) trained and decoded on its own,
+    1-best (beam 8): the classic baseline beside Phonetisaurus, in pure Python and numpy (one thread)."""
+    start = time.perf_counter()
+    model = cw.train_graphone(read_tsv(data / "train.tsv"), log=lambda _: None)
+    train_seconds = time.perf_counter() - start
+    sources, references = group_references(read_tsv(data / "test.tsv"))
+    start = time.perf_counter()
+    hyps = [nbest[0][0] for nbest in model.search(sources)]
+    decode_seconds = time.perf_counter() - start
+    greedy = score(sources, references, hyps)
+    return {"params": None, "train_seconds": train_seconds, "greedy": greedy, "wer": greedy["wer"],
+            "per": greedy["per"], "by_length": greedy["by_length"],
+            "greedy_words_per_s_batch256": len(sources) / decode_seconds}
+
+
 def report(results: dict, out: Path) -> str:
     pct = lambda r, k, m: f"{100 * r[k][m]:.2f}" if k in r else "-"  # noqa: E731
     num = lambda r, k: f"{r[k]:.0f}" if r.get(k) else "-"  # noqa: E731
@@ -207,6 +225,7 @@ def main() -> None:
                     help="train the systems at once, one process each with --threads threads, then also score "
                          "their ensemble (the mean of their probabilities)")
     ap.add_argument("--phonetisaurus", action="store_true", help="add the Phonetisaurus peer")
+    ap.add_argument("--graphone", action="store_true", help="add crossway's graphone model alone (beam 8, 1-best)")
     args = ap.parse_args()
     data, out = Path(args.data), ROOT / "bench/out/g2p"
     out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +255,8 @@ def main() -> None:
         results = save(name, evaluate_run([Path(r) for r in runs.split("+")], data / "test.tsv", args.threads))
     if args.phonetisaurus:
         results = save("phonetisaurus", run_phonetisaurus(data, args.threads))
+    if args.graphone:
+        results = save("graphone", run_graphone(data, args.threads))
     print(report(results, out))
 
 

@@ -195,6 +195,7 @@ class GraphoneModel:
         self.logp[self.none] = -np.inf
         self.probs, self.gammas = _kneser_ney(corpus, cfg.order, self.bos, self.eos)
         self.uniform = 1.0 / (v + 2)  # every unit, eos and one for all unseen units
+        self._units_by_src: dict[tuple[str, ...], list[int]] | None = None  # (search builds it once)
 
     def cut(self, pairs: Sequence[tuple[tuple[str, ...], tuple[str, ...]]]) -> list[list[int] | None]:
         """Each pair's most probable cutting into units (self.unknown for unseen ones); None if it has none."""
@@ -204,14 +205,28 @@ class GraphoneModel:
 
     def prob(self, history: Sequence[int], unit: int) -> float:
         """P(unit | the last order - 1 units of history), interpolated down to the uniform distribution."""
-        p = self.uniform
+        return self._prob_in(self._contexts(history), unit)
+
+    def _contexts(self, history: Sequence[int]) -> tuple[list[tuple[tuple, float]], float]:
+        """The seen suffixes h of history, each with the weight of its discounted shares in P(. | history) (the
+        gammas of the longer ones multiplied), and the weight of the uniform distribution: P(w | history) =
+        sum of weight * probs[h + (w,)] + base. (Unrolls p_k = probs[h_k + (w,)] + gamma(h_k) * p_(k-1).)"""
+        seen = []
         for k in range(1, min(self.cfg.order, len(history) + 1) + 1):
             h = tuple(history[len(history) - k + 1:])
             gamma = self.gammas.get(h)
             if gamma is None:  # an unseen context: no longer one was seen either
                 break
-            p = self.probs.get((*h, unit), 0.0) + gamma * p
-        return p
+            seen.append((h, gamma))
+        out, weight = [], 1.0
+        for h, gamma in reversed(seen):
+            out.append((h, weight))
+            weight *= gamma
+        return out, weight * self.uniform
+
+    def _prob_in(self, contexts: tuple[list[tuple[tuple, float]], float], unit: int) -> float:
+        suffixes, base = contexts
+        return base + sum(w * self.probs.get((*h, unit), 0.0) for h, w in suffixes)
 
     def sequence_logprob(self, seq: list[int]) -> float:
         """Natural-log probability of a unit sequence (then eos) under the n-gram model."""
@@ -226,6 +241,49 @@ class GraphoneModel:
                  for s, o in zip(sources, outputs, strict=True)]
         return [self.sequence_logprob(c) if c is not None else (len(x) + len(y) + 1) * math.log(self.uniform)
                 for c, (x, y) in zip(self.cut(pairs), pairs, strict=True)]
+
+    def search(self, sources: Sequence[str], beam_size: int = 8, n_best: int = 1,
+               units_per_chunk: int = 16) -> list[list[tuple[str, float]]]:
+        """The graphone model as a G2P decoder: each source's n_best outputs with their log P(source, output),
+        best first. Beam search over source positions: a hypothesis at position i extends by each unit whose
+        source side is the next 1..max_src tokens (the units_per_chunk likeliest of them), hypotheses with the
+        same position and n-gram history merge, beam_size survive per position. A source token no unit starts
+        with is read as an unseen unit with no output."""
+        out = []
+        for text in sources:
+            x = tuple(self.src_tok.tokenize(text))
+            n, h = len(x), self.cfg.order - 1
+            beams: list[dict] = [{} for _ in range(n + 1)]  # position -> {history: (log p, units)}
+            beams[0][(self.bos,)] = (0.0, ())
+            by_src = self._by_src()
+            for i in range(n):
+                for hist, (lp, seq) in sorted(beams[i].items(), key=lambda kv: -kv[1][0])[:beam_size]:
+                    steps = [(a, u) for a in range(1, self.cfg.max_src + 1) if i + a <= n
+                             for u in by_src.get(x[i:i + a], ())[:units_per_chunk]] or [(1, self.unknown)]
+                    contexts = self._contexts(hist)
+                    for a, u in steps:
+                        key = (*hist, u)[-h:] if h else ()
+                        cand = lp + math.log(self._prob_in(contexts, u))
+                        if cand > beams[i + a].get(key, (-math.inf,))[0]:
+                            beams[i + a][key] = (cand, (*seq, u))
+            ends = sorted(((lp + math.log(self.prob(hist, self.eos)), seq) for hist, (lp, seq) in beams[n].items()),
+                          key=lambda e: -e[0])
+            texts: dict[str, float] = {}  # one per output text (several cuttings can spell it), best first
+            for lp, seq in ends:
+                texts.setdefault(self.tgt_tok.detokenize([t for u in seq if u < len(self.units)
+                                                          for t in self.units[u][1]]), lp)
+            out.append(list(texts.items())[:n_best])
+        return out
+
+    def _by_src(self) -> dict[tuple[str, ...], list[int]]:
+        """Units by their source side, likeliest (alignment probability) first."""
+        if self._units_by_src is None:
+            table: dict[tuple[str, ...], list[int]] = defaultdict(list)
+            for u in np.argsort(-self.p, kind="stable").tolist():
+                if self.p[u] > 0:
+                    table[self.units[u][0]].append(u)
+            self._units_by_src = dict(table)
+        return self._units_by_src
 
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)

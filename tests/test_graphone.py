@@ -110,3 +110,12 @@ def test_reranks_an_nbest_list(model):
     assert choose([out], scored, [1.0, 1.0], alpha=0.0)[0].text == "F I K S"
     assert choose([out], scored, [1.0, 0.0], alpha=0.0)[0].text == "F I X"
     assert np.isclose(choose([out], scored, [1.0, 1.0], alpha=0.0)[0].score, lp_right + g_right)
+
+
+def test_search_reads_words_alone(model):
+    phix, feeps, zee, empty = model.search(["phix", "feeps", "zee", ""], n_best=3)
+    assert phix[0][0] == "F I K S"
+    assert feeps[0][0] == "F IY P S" and len(feeps) == 3 and len({t for t, _ in feeps}) == 3
+    assert [s for _, s in feeps] == sorted((s for _, s in feeps), reverse=True)
+    assert zee[0][0] == "IY"  # "z" starts no unit: read as an unseen unit with no output
+    assert empty[0][0] == ""
