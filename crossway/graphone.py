@@ -156,7 +156,7 @@ def _kneser_ney(seqs: list[list[int]], order: int, bos: int, eos: int) -> tuple[
         else:
             left = Counter(g[1:] for g in raw[k + 1])
             counts = Counter({g: c if g[0] == bos else left[g] for g, c in raw[k].items()})
-        nc = Counter(min(c, 4) for c in counts.values())
+        nc = Counter(c for c in counts.values() if c <= 4)  # n_1..n_4: n-grams seen exactly c times
         y = nc[1] / (nc[1] + 2 * nc[2]) if nc[1] and nc[2] else 0.5
         # D1, D2, D3+, kept inside [MIN_DISCOUNT, c - MIN_DISCOUNT]: so every context leaves its shorter one some
         # mass (unseen units keep a probability) on data too small for the count-of-counts estimate
