@@ -156,9 +156,10 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _rescore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rescore", action="append", default=[], metavar="RUN",
                    help="rerank the n-best list (decode.strategy=beam decode.n_best=K) with this model too, e.g. "
-                        "a right-to-left one (data.tgt_reverse=true); repeatable. With decode.rescore_union=true each "
-                        "rescorer searches too and its n-best list joins the candidates; decode.rescore_mbr=T picks by "
-                        "minimum Bayes risk (expected edit distance) instead of the best score")
+                        "a right-to-left one (data.tgt_reverse=true) or a graphone model (crossway graphone); "
+                        "repeatable. With decode.rescore_union=true each rescorer that can (a run) searches too "
+                        "and its n-best list joins the candidates; decode.rescore_mbr=T picks by minimum Bayes "
+                        "risk (expected edit distance) instead of the best score")
     p.add_argument("--rescore-weights", metavar="W0,W1,..",
                    help="weights of the searching model's and each rescorer's log-probabilities (default: all 1)")
 
