@@ -300,6 +300,8 @@ def is_graphone(path: str | Path) -> bool:
 
 
 def load_graphone(path: str | Path) -> GraphoneModel:
+    """The model saved in path (its units, their alignment probabilities and the training pairs' cuts); the n-gram
+    model is rebuilt from the cuts, deterministically (9.5 s for CMUdict's 120k pairs here)."""
     file = Path(path) / FILE
     try:
         with gzip.open(file, "rt", encoding="utf-8") as f:

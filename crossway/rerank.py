@@ -7,14 +7,16 @@ Each candidate y of the n-best list of x gets
 
 where P_0 is the model that searched (its beam score) and P_1... the rescorers, which read x and y as text with
 their own tokenizers (so their vocabularies and direction may differ), scored by forced decoding through the
-model protocol. alpha is the decoding length penalty (GNMT; |y| + 1 counts eos). The candidates are re-sorted
-by that score, finished ones first (as beam search ranks them, so weights 1, 0, ... keep the beam's order);
-each one's `score` becomes the weighted sum of log-probabilities.
+model protocol, or by their own `score_texts` (a TextScorer: crossway.graphone's joint log P(x, y), which ranks
+one x's candidates as log P(y | x) would). alpha is the decoding length penalty (GNMT; |y| + 1 counts eos). The
+candidates are re-sorted by that score, finished ones first (as beam search ranks them, so weights 1, 0, ... keep
+the beam's order); each one's `score` becomes the weighted sum of log-probabilities.
 
 With `pools` (decode.rescore_union: each rescorer's own n-best lists), the candidates of every list join the
-searching model's (one copy per text), and every candidate is scored by every model by forced decoding, the
-searching model included: agreement between a left-to-right and a right-to-left model picks from both lists.
-With `mbr` (decode.rescore_mbr), the candidate of least expected edit distance wins instead (see `choose`).
+searching model's (one copy per text), and every candidate is scored by every model (forced decoding, or its
+`score_texts`), the searching model included: agreement between a left-to-right and a right-to-left model picks
+from both lists. With `mbr` (decode.rescore_mbr), the candidate of least expected edit distance wins instead (see
+`choose`).
 """
 
 from __future__ import annotations

@@ -36,10 +36,9 @@ from crossway.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 from crossway.config import decode_overrides
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError, CrosswayError
-from crossway.graphone import is_graphone, load_graphone
 from crossway.inference import Translation, set_threads, translate
 from crossway.quantize import QUANTIZE, quantize
-from crossway.rerank import Rescorer, check_rerank
+from crossway.rerank import Rescorer, check_rerank, load_rescorer
 from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_config
 
 log = logging.getLogger("crossway.server")
@@ -103,8 +102,9 @@ class Engine:
             loaded = load_checkpoint(path, cfg.checkpoint)
             return dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
 
-        def rescorer(path):  # a graphone model has no weights to quantize
-            return load_graphone(path) if is_graphone(path) else one(path)
+        def rescorer(path):  # a run, quantized alike, or a graphone model (no weights to quantize)
+            r = load_rescorer(path, cfg.checkpoint)
+            return dataclasses.replace(r, model=quantize(r.model, cfg.quantize)) if isinstance(r, LoadedModel) else r
 
         loaded = one(run)
         if cfg.decode:
