@@ -155,7 +155,7 @@ def run_phonetisaurus(data: Path, threads: int) -> dict:
             "greedy_words_per_s_batch256": len(sources) / decode_seconds}
 
 
-def run_graphone(data: Path, threads: int) -> dict:
+def run_graphone(data: Path) -> dict:
     """crossway's joint-sequence model (crossway.graphone, default settings) trained and decoded on its own,
     1-best (beam 8): the classic baseline beside Phonetisaurus, in pure Python and numpy (one thread)."""
     start = time.perf_counter()
@@ -256,7 +256,7 @@ def main() -> None:
     if args.phonetisaurus:
         results = save("phonetisaurus", run_phonetisaurus(data, args.threads))
     if args.graphone:
-        results = save("graphone", run_graphone(data, args.threads))
+        results = save("graphone", run_graphone(data))
     print(report(results, out))
 
 

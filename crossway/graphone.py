@@ -315,7 +315,8 @@ def load_graphone(path: str | Path) -> GraphoneModel:
 
 def train_graphone(pairs: Sequence[Pair], cfg: GraphoneConfig | None = None, log=print) -> GraphoneModel:
     """EM alignment, then the n-gram model, on (source text, target text) pairs. Pairs no cutting fits (more
-    than max_tgt target tokens per source token, or an empty side) are left out and counted in the log."""
+    than max_tgt target tokens per source token, or target tokens and no source) are left out and counted in the
+    log."""
     cfg = cfg or GraphoneConfig()
     src_tok, tgt_tok = make_tokenizer(cfg.src_tokenizer, cfg.src_lowercase), make_tokenizer(cfg.tgt_tokenizer)
     toks = [(tuple(src_tok.tokenize(p.src)), tuple(tgt_tok.tokenize(p.tgt))) for p in pairs]
@@ -346,8 +347,8 @@ def train_graphone(pairs: Sequence[Pair], cfg: GraphoneConfig | None = None, log
         p = counts / max(counts.sum(), 1e-300)
         log(f"graphone EM {it + 1}/{cfg.iterations}: log-likelihood {loglik:.1f} per pair "
             f"{loglik / max(1, int(cuttable.sum())):.3f}")
-    logp = np.log(np.concatenate([p, [0.0]]).clip(min=1e-300))
-    logp[p.size - 1:] = -np.inf  # index v: no unit
+    logp = np.log(p.clip(min=1e-300))
+    logp[v] = -np.inf  # index v: no unit
     cuts = _viterbi(buckets, logp, cfg.shapes, len(toks))
     corpus = [c for c in cuts if c is not None]
     skipped = len(toks) - len(corpus)
