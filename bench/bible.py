@@ -7,9 +7,9 @@ the test split with beam 4. Not a test.
 
 Same for both: the joint SentencePiece model and vocabulary (trained once here), the token-budget batches
 (crossway's batcher, same seed, so the same batches in the same order), AdamW with the same settings and
-learning-rate schedule, label smoothing 0.1, gradient clipping, thread count and precision (--precision, bf16
-by default: autocast, which this CPU runs on AMX; it is also HF's faster setting here). Each side computes the
-loss its own way: crossway's `generator_ce`, HF the `LabelSmoother` of transformers' Trainer.
+learning-rate schedule, label smoothing 0.1, gradient clipping, thread count and precision (--precision, auto
+by default: bf16 autocast on a CPU with AMX or AVX512-BF16, fp32 on others, where bf16 is emulated). Each side
+computes the loss its own way: crossway's `generator_ce`, HF the `LabelSmoother` of transformers' Trainer.
 Different by design: crossway validates once an epoch (outside the time budget) and keeps the best checkpoint
 by validation BLEU; HF trains without validation and its final weights are used. Architecture: both 3+3
 layers, d=256, 4 heads, ff 1024, ReLU, no dropout inside the feed-forward block, tied and shared embeddings;
@@ -36,9 +36,10 @@ from crossway.data.text import read_corpus
 from crossway.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from crossway.inference import set_threads
 from crossway.metrics import sacrebleu_scores
+from crossway.tasks.text import TextTask, build_codecs
 from crossway.training.average import average_checkpoints, list_step_checkpoints
-from crossway.training.loop import build_codecs, prepare_data
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
+from crossway.training.precision import choose
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench/out/bible"
@@ -86,12 +87,13 @@ def train_hf(args) -> None:
     out = OUT / args.direction / "hf"
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "metrics.jsonl", "w", encoding="utf-8")
-    data = prepare_data(cfg, None, lambda *a, **k: None)
+    data = TextTask(cfg, None, lambda *a, **k: None)
     model = marian(cfg, len(data.tgt.vocab))
     model.train()
     smoother = LabelSmoother(epsilon=tc.label_smoothing)  # what transformers' Trainer uses for label smoothing
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16,
+                              enabled=choose(tc.precision, torch.device("cpu")).kind == "bf16")
     total_steps = tc.max_epochs * len(token_budget_batches(data.train, tc.max_tokens, True, 0))
     step, seconds, tokens, epoch = 0, 0.0, 0, 0
     while seconds < tc.max_minutes * 60:
@@ -216,7 +218,8 @@ def main() -> None:
     p.add_argument("--direction", choices=list(CONFIGS), default="en-es")
     p.add_argument("--minutes", type=float, default=60)
     p.add_argument("--threads", type=int, default=1, help="training threads per system")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="both systems")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="both systems (auto: bf16 where the CPU runs it natively, else fp32)")
     p.add_argument("--sequential", action="store_true", help="train one system after the other")
     p.add_argument("--decode-threads", type=int, default=2)
     p.add_argument("--decode-batch", type=int, default=32, help="HF generate batch (sentences)")

@@ -29,8 +29,8 @@ import crossway as cw  # noqa: E402
 from crossway.data.batching import collate, token_budget_batches  # noqa: E402
 from crossway.data.tokenizers import PAD_ID  # noqa: E402
 from crossway.inference import set_threads  # noqa: E402
+from crossway.tasks.text import TextTask  # noqa: E402
 from crossway.training.checkpoint import build_model  # noqa: E402
-from crossway.training.loop import prepare_data  # noqa: E402
 from crossway.training.losses import generator_ce, label_smoothed_ce  # noqa: E402
 from crossway.training.optim import build_optimizer  # noqa: E402
 
@@ -83,7 +83,7 @@ def main() -> None:
     set_threads(args.threads)
     cfg = cw.load_config(bible.CONFIGS["en-es"], [f"data.vocab={bible.OUT / 'en-es' / 'vocab.json'}"])
     bible.prepare_vocab(argparse.Namespace(direction="en-es"))
-    data = prepare_data(cfg, None, lambda *a, **k: None)
+    data = TextTask(cfg, None, lambda *a, **k: None)
     batches = [collate([data.train[i] for i in idx], idx)
                for idx in token_budget_batches(data.train, cfg.train.max_tokens, True, cfg.train.seed)
                [: args.steps + args.warmup]]

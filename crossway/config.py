@@ -13,10 +13,12 @@ from typing import Any
 
 import yaml
 
+from crossway.data.images import SegmentationDataConfig
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError
-from crossway.metrics import sacrebleu_available
+from crossway.metrics import METRICS, sacrebleu_available
 from crossway.models import MODELS
+from crossway.training.losses import SEGMENTATION_LOSSES
 from crossway.training.scheduled_sampling import MODES, SCHEDULES
 
 
@@ -75,7 +77,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
     accum_steps: int = 1  # batches per optimizer update (gradient accumulation; the loss is per target token)
-    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + grad scaler, GPU only)
+    precision: str = "auto"  # auto (bf16 where the hardware runs it natively, else fp32) | fp32 | bf16 (autocast,
+    # CPU or GPU; emulated, so slow, on CPUs without AMX / AVX512-BF16) | fp16 (autocast + grad scaler, GPU only)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when available)
     keep_checkpoints: int = 0  # keep the newest N validation-time checkpoints in RUN/checkpoints/ (to average)
     max_bad_batches: int = 10  # consecutive batches with a non-finite loss or gradient before training aborts
@@ -83,7 +86,8 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit; also the end of cosine / linear schedules (else max_epochs)
     max_minutes: float = 0.0  # wall-clock training budget, validation excluded; 0 = none; cosine / linear end here
     patience: int = 8  # early stopping: validations without improvement of `metric`
-    metric: str = "wer"  # wer | per | cer | exact_match | loss | bleu | chrf | ter (early stopping and best/)
+    metric: str = ""  # early stopping and best/: one of the task's metrics (crossway.metrics.METRICS); empty: the
+    # task's main one (text: wer; segmentation: dice)
     log_every: int = 100  # steps between metric log lines
     progress: bool = True  # progress bar on stderr (when it is a terminal)
     tensorboard: bool = False  # also log train/valid numbers to RUN/tensorboard (pip install crossway[tensorboard])
@@ -91,32 +95,39 @@ class TrainConfig:
     ss_schedule: str = "inverse_sigmoid"  # linear | exponential | inverse_sigmoid: P(reference) by step
     ss_k: float = 2000.0  # linear: steps to reach the floor; exponential: base < 1; inverse_sigmoid: k >= 1
     ss_floor: float = 0.75  # P(reference) never goes below this
+    seg_loss: str = "ce+dice"  # segmentation: ce (pixel cross-entropy) | dice (soft Dice) | ce+dice (their sum)
 
     def __post_init__(self):
         if self.schedule not in ("rsqrt", "cosine", "linear", "constant"):
             raise ConfigError(f"train.schedule must be rsqrt, cosine, linear or constant, not {self.schedule!r}")
-        if self.metric not in ("wer", "per", "cer", "exact_match", "loss", "bleu", "chrf", "ter"):
-            raise ConfigError(f"train.metric must be wer, per, cer, exact_match, loss, bleu, chrf or ter, not "
-                              f"{self.metric!r}")
+        if self.metric and self.metric not in METRICS:
+            raise ConfigError(f"train.metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
         if self.metric in ("bleu", "chrf", "ter") and not sacrebleu_available():
             raise ConfigError(f"train.metric={self.metric} needs sacrebleu: pip install crossway[mt]")
         _positive(self, "train", "max_tokens", "max_epochs", "patience", "log_every", "accum_steps", "max_bad_batches")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"train.precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be cpu, cuda, cuda:N or auto, not {self.device!r}")
         if self.scheduled_sampling not in MODES or self.ss_schedule not in SCHEDULES:
             raise ConfigError(f"train.scheduled_sampling must be one of {list(MODES)} and train.ss_schedule one "
                               f"of {list(SCHEDULES)}")
+        if self.seg_loss not in SEGMENTATION_LOSSES:
+            raise ConfigError(f"train.seg_loss must be one of {', '.join(SEGMENTATION_LOSSES)}, not {self.seg_loss!r}")
         _in_range(self, "train", ss_floor=(0.0, 1.0 + 1e-9))
         _in_range(self, "train", label_smoothing=(0.0, 1.0))
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
 
 
+# task -> the config class of its `data` section (the task classes themselves: crossway.tasks.TASKS)
+DATA_CONFIGS = {"text": DataConfig, "segmentation": SegmentationDataConfig}
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
+    task: str = "text"  # text (text to text) | segmentation (image to mask); picks the data section's fields
+    data: Any = field(default_factory=DataConfig)
     model: Any = field(default_factory=lambda: MODELS["rnn"][0]())
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -129,7 +140,10 @@ class RunConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"a configuration is a mapping of sections (data, model, train, decode), not {raw!r}")
         raw = dict(raw)
-        _reject_unknown(raw, ["data", "model", "train", "decode"], "")
+        _reject_unknown(raw, ["task", "data", "model", "train", "decode"], "")
+        task = raw.get("task", "text")
+        if task not in DATA_CONFIGS:
+            raise ConfigError(f"unknown task {task!r}; valid: {', '.join(DATA_CONFIGS)}")
         if raw.get("model") is not None and not isinstance(raw["model"], dict):
             raise ConfigError(f"config section 'model' must be a mapping of keys to values, not {raw['model']!r}")
         model_raw = dict(raw.get("model") or {})
@@ -137,7 +151,8 @@ class RunConfig:
         if arch not in MODELS:
             raise ConfigError(f"unknown model.arch {arch!r}; valid: {', '.join(MODELS)}")
         return cls(
-            data=_build(DataConfig, raw.get("data"), "data"),
+            task=task,
+            data=_build(DATA_CONFIGS[task], raw.get("data"), "data"),
             model=_build(MODELS[arch][0], model_raw, "model"),
             train=_build(TrainConfig, raw.get("train"), "train"),
             decode=_build(DecodeConfig, raw.get("decode"), "decode"),
@@ -170,7 +185,7 @@ def decode_overrides(cfg: DecodeConfig, overrides: list[str]) -> DecodeConfig:
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in raw.items()}
     for k, v in raw.items():
-        if not isinstance(v, dict):
+        if k != "task" and not isinstance(v, dict):
             raise ConfigError(f"config section {k!r} must be a mapping of keys to values, not {v!r}")
     for item in overrides:
         key, sep, value = item.partition("=")

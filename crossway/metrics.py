@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# Every metric a task can validate with, and which way is better: train.metric (early stopping, best/) is one of
+# these, and each task lists the ones it computes (training.task.Task.metrics).
+METRICS = {"loss": "min", "wer": "min", "per": "min", "cer": "min", "exact_match": "max", "bleu": "max",
+           "chrf": "max", "ter": "min", "dice": "max", "iou": "max", "pixel_accuracy": "max", "boundary_f1": "max"}
+
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
     """Levenshtein distance (unit costs) between two sequences."""

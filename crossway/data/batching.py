@@ -35,6 +35,11 @@ class Batch:
     def num_tgt_tokens(self) -> int:
         return int((self.tgt_out != PAD_ID).sum())
 
+    @property
+    def count(self) -> int:
+        """Units of the loss normaliser (training.task.TaskBatch): target tokens, eos included."""
+        return self.num_tgt_tokens
+
     def to(self, device: torch.device) -> Batch:
         if device.type == "cpu":
             return self

@@ -247,6 +247,11 @@ class TextCodec:
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.detokenize(self.tokens(ids))
 
+    @property
+    def size(self) -> int:
+        """The vocabulary size: what a model's embedding or output layer is built with."""
+        return len(self.vocab)
+
     def to_dict(self) -> dict:
         return {**self.tokenizer.to_dict(), **self.vocab.to_dict(), **({"reverse": True} if self.reverse else {})}
 

@@ -4,8 +4,12 @@
 from crossway.models.interface import Memory, Seq2Seq, State, select_batch
 from crossway.models.rnn import RNNConfig, build_rnn
 from crossway.models.transformer import TransformerConfig, build_transformer
+from crossway.models.unet import UNetConfig, build_unet
 
-MODELS = {"rnn": (RNNConfig, build_rnn), "transformer": (TransformerConfig, build_transformer)}
+# model.arch -> (config class, builder(config, src size, tgt size)): sizes are vocabularies for sequence models,
+# input channels and classes for U-Net
+MODELS = {"rnn": (RNNConfig, build_rnn), "transformer": (TransformerConfig, build_transformer),
+          "unet": (UNetConfig, build_unet)}
 
-__all__ = ["MODELS", "Memory", "RNNConfig", "Seq2Seq", "State", "TransformerConfig", "build_rnn",
-           "build_transformer", "select_batch"]
+__all__ = ["MODELS", "Memory", "RNNConfig", "Seq2Seq", "State", "TransformerConfig", "UNetConfig", "build_rnn",
+           "build_transformer", "build_unet", "select_batch"]

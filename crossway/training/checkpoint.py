@@ -3,7 +3,7 @@
 A checkpoint is a directory:
     model.safetensors   weights
     config.json         the whole RunConfig (the model is rebuilt from it)
-    vocab.json          source and target tokenizer + vocabulary
+    vocab.json          the source and target sides (data/codecs.py): tokenizer + vocabulary, image format, classes
     trainer.safetensors optimizer tensors and the torch RNG state (training checkpoints only)
     trainer.json        step, epoch, data position, early-stopping state, optimizer hyper-parameters
     hf.json             what an imported Hugging Face model needs to be exported again (crossway.hf)
@@ -27,22 +27,25 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from crossway.config import RunConfig
+from crossway.data.codecs import codec_from_dict
 from crossway.data.tokenizers import TextCodec
 from crossway.errors import CheckpointError
 from crossway.models import MODELS
+from crossway.training.task import Codec
 
 
 @dataclass
 class LoadedModel:
     model: nn.Module
     config: RunConfig
-    src: TextCodec
-    tgt: TextCodec
+    src: TextCodec | Codec  # the source side: a TextCodec for text models, ImageFormat for images
+    tgt: TextCodec | Codec  # the target side: a TextCodec, or ClassNames for segmentation
     path: Path
 
 
-def build_model(config: RunConfig, src_vocab: int, tgt_vocab: int) -> nn.Module:
-    return MODELS[config.model.arch][1](config.model, src_vocab, tgt_vocab)
+def build_model(config: RunConfig, src_size: int, tgt_size: int) -> nn.Module:
+    """The model of `config`, sized by its two sides (vocabularies, or image channels and classes)."""
+    return MODELS[config.model.arch][1](config.model, src_size, tgt_size)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -65,7 +68,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, config: RunConfig, src: TextCodec, tgt: TextCodec,
+def save_checkpoint(path: str | Path, model: nn.Module, config: RunConfig, src: Codec, tgt: Codec,
                     trainer: dict | None = None, optimizer: torch.optim.Optimizer | None = None,
                     extra_json: dict[str, object] | None = None) -> Path:
     """`extra_json` maps further file names to JSON objects written into the same atomic directory."""
@@ -123,8 +126,8 @@ def load_checkpoint(path: str | Path, which: str = "best") -> LoadedModel:
     try:
         config = _read_config(ckpt)
         vocab = json.loads((ckpt / "vocab.json").read_text(encoding="utf-8"))
-        src, tgt = TextCodec.from_dict(vocab["src"]), TextCodec.from_dict(vocab["tgt"])
-        model = build_model(config, len(src.vocab), len(tgt.vocab))
+        src, tgt = codec_from_dict(vocab["src"]), codec_from_dict(vocab["tgt"])
+        model = build_model(config, src.size, tgt.size)
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     except RuntimeError as e:  # shape mismatch
         raise CheckpointError(f"{ckpt}: weights do not match the config ({str(e).strip()[:500]})") from None

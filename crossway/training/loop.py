@@ -1,4 +1,6 @@
-"""The training loop: one readable function plus small helpers for data, validation and checkpoints.
+"""The training loop, for every task: one readable function plus small helpers for the step, validation and
+checkpoints. What differs per task (data, batches, loss, validation metrics) comes through the Task protocol
+(training/task.py); nothing here knows what the model reads or writes.
 
 Run directory layout: config.yaml (the resolved configuration), metrics.jsonl (one JSON object per line:
 data reports, training progress, validations), best/ and last/ checkpoints (see checkpoint.py).
@@ -7,7 +9,6 @@ data reports, training progress, validations), best/ and last/ checkpoints (see 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import math
@@ -18,41 +19,28 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from torch import nn
 from tqdm import tqdm
 
 from crossway.config import RunConfig
-from crossway.data.batching import collate, token_budget_batches
-from crossway.data.stream import StreamingCorpus
-from crossway.data.subword import sentencepiece_codec, train_sentencepiece
-from crossway.data.text import Example, Pair, encode_pairs, iter_corpus
-from crossway.data.tokenizers import TextCodec, Vocab, make_tokenizer
 from crossway.errors import ConfigError, CrosswayError
-from crossway.evaluate import evaluate_pairs
 from crossway.inference import set_threads
+from crossway.metrics import METRICS
+from crossway.tasks import TASKS
 from crossway.training.average import CHECKPOINTS, keep_newest, step_checkpoint_name
-from crossway.training.checkpoint import (
-    build_model,
-    load_checkpoint,
-    load_trainer_state,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from crossway.training.checkpoint import build_model, load_checkpoint, load_trainer_state, save_checkpoint
 from crossway.training.distributed import Dist, init_distributed, shutdown
-from crossway.training.losses import generator_ce
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
 from crossway.training.precision import Precision
-from crossway.training.scheduled_sampling import training_loss, truth_probability
+from crossway.training.task import Task
 
 ONE_PROCESS = Dist()
-LOWER_IS_BETTER = {"wer": True, "per": True, "cer": True, "loss": True, "exact_match": False, "bleu": False,
-                   "chrf": False, "ter": True}
 
 
 @dataclass
@@ -64,21 +52,12 @@ class TrainState:
     best_metric: float | None = None
     best_epoch: int = 0
     bad_validations: int = 0
-    tgt_tokens: int = 0  # target tokens trained on (all ranks)
+    units: int = 0  # loss units trained on, all ranks (the task's unit: target tokens, images)
     decay_start: float | None = None  # train_seconds when warm-up ended (schedules that end with the time budget)
     skipped_batches: int = 0  # updates skipped for a non-finite loss or gradient
     bad_in_row: int = 0
     stop_reason: str = ""
     signal: int = 0  # the signal that stopped training (not saved)
-
-
-@dataclass
-class RunData:
-    train: list[Example] | StreamingCorpus
-    valid: list[Example]
-    valid_pairs: list[Pair]
-    src: TextCodec
-    tgt: TextCodec
 
 
 class Logger:
@@ -109,109 +88,6 @@ class Logger:
             self.writer.close()
 
 
-def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log) -> RunData:
-    """Read, check and encode the data. With data.streaming, the training files are only scanned (every line
-    checked and counted, nothing kept) and streamed again each epoch; the validation file is always in memory."""
-    d = cfg.data
-    if not d.train or not d.valid:
-        raise ConfigError("data.train and data.valid must name the training and validation data")
-    read = lambda path: iter_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)  # noqa: E731
-    paths = d.train.split(",")
-    if len(paths) > 1 and not d.streaming:
-        raise ConfigError(f"data.train names {len(paths)} files: several training corpora need data.streaming=true")
-    train_pairs = None if d.streaming else list(read(d.train))  # (errors in the training file come first)
-    valid_pairs = list(read(d.valid))
-    if codecs is None:
-        streamed = (p for path in paths for p in read(path))
-        codecs = load_codecs(d.vocab) if d.vocab else build_codecs(d, streamed if d.streaming else train_pairs)
-    src, tgt = codecs
-    if tgt.reverse != d.tgt_reverse:  # right-to-left (or a vocabulary reused from a run of the other direction)
-        tgt = dataclasses.replace(tgt, reverse=d.tgt_reverse)
-    if d.streaming:
-        weights = [float(w) for w in d.train_weights.split(",")] if d.train_weights else None
-        train, reports = StreamingCorpus.scan(paths, weights, read, src, tgt, d.max_src_len, d.max_tgt_len)
-    else:
-        train, report = encode_pairs(train_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.train)
-        reports = [report]
-    valid, valid_report = encode_pairs(valid_pairs, src, tgt, d.max_src_len, d.max_tgt_len, d.valid)
-    for report in (*reports, valid_report):
-        print(f"data: {report.summary()}", flush=True)
-        log("data", path=report.path, kept=report.kept, skipped=dict(report.skipped))
-    for n, path in ((len(train), d.train), (len(valid), d.valid)):
-        if not n:
-            raise CrosswayError(f"{path}: no usable examples (see the counts above)")
-    kept_lines = {e.line for e in valid}
-    valid_pairs = [p for p in valid_pairs if p.line in kept_lines]  # WER/PER on the same rows as the loss
-    print(f"vocabulary: {len(src.vocab)} source, {len(tgt.vocab)} target tokens", flush=True)
-    return RunData(train, valid, valid_pairs, src, tgt)
-
-
-def epoch_batches(data: RunData, cfg: RunConfig, epoch: int) -> Iterator[list[Example]]:
-    """The training batches of one epoch, a pure function of the data, seed and epoch (resume relies on it)."""
-    tc = cfg.train
-    if isinstance(data.train, StreamingCorpus):
-        return data.train.batches(epoch, tc.max_tokens, cfg.data.buffer_size, tc.seed)
-    return iter([[data.train[i] for i in idx]
-                 for idx in token_budget_batches(data.train, tc.max_tokens, shuffle=True, seed=tc.seed + epoch)])
-
-
-def epoch_batches_estimate(data: RunData, tc) -> int:
-    """Batches per epoch: exact for data in memory, estimated from the padded tokens for streamed data."""
-    if isinstance(data.train, StreamingCorpus):
-        return max(1, math.ceil(1.15 * data.train.total_cost / tc.max_tokens))
-    return len(token_budget_batches(data.train, tc.max_tokens, True, 0))
-
-
-def load_codecs(path: str) -> tuple[TextCodec, TextCodec]:
-    """The tokenizers and vocabularies of a run, a checkpoint directory or a vocab.json file."""
-    p = Path(path)
-    if p.is_dir():
-        p = resolve_checkpoint(p) / "vocab.json"
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-        return TextCodec.from_dict(d["src"]), TextCodec.from_dict(d["tgt"])
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"data.vocab={path}: not a crossway vocabulary ({type(e).__name__}: {e})") from None
-
-
-def build_codecs(d, pairs: list[Pair] | Iterator[Pair]) -> tuple[TextCodec, TextCodec]:
-    """Tokenizers and vocabularies from the training pairs: char/word vocabularies by frequency, or trained
-    SentencePiece models (one joint model, or one per side)."""
-    def side(kind: str, texts, lowercase: bool) -> TextCodec:
-        if kind == "sentencepiece":
-            t0 = time.monotonic()
-            codec = sentencepiece_codec(train_sentencepiece(texts, d.spm_vocab_size, d.spm_model_type,
-                                                            d.spm_sample))
-            print(f"sentencepiece: trained a {d.spm_model_type} model of {len(codec.vocab)} pieces in "
-                  f"{time.monotonic() - t0:.0f}s", flush=True)
-            return codec
-        tok = make_tokenizer(kind, lowercase)
-        return TextCodec(tok, Vocab.build((tok.tokenize(t) for t in texts), d.min_freq))
-
-    if d.spm_joint and d.src_tokenizer == "sentencepiece":
-        joint = side("sentencepiece", (t for p in pairs for t in (p.src, p.tgt)), False)
-        return joint, joint
-    if not isinstance(pairs, list):  # streamed: one pass per side
-        pairs = list(pairs)
-    return (side(d.src_tokenizer, (p.src for p in pairs), d.src_lowercase),
-            side(d.tgt_tokenizer, (p.tgt for p in pairs), False))
-
-
-@torch.no_grad()
-def validate(model, data: RunData, cfg: RunConfig) -> dict:
-    """Teacher-forced loss (per target token, no smoothing) and the task metrics of greedy decoding."""
-    model.eval()
-    nll, ntok = 0.0, 0
-    for idx in token_budget_batches(data.valid, cfg.train.max_tokens, shuffle=False):
-        b = collate([data.valid[i] for i in idx], idx).to(next(model.parameters()).device)
-        _, batch_nll, n = generator_ce(model(b.src, b.src_mask, b.tgt_in, features=True), model.generator,
-                                       b.tgt_out, 0.0)
-        nll, ntok = nll + float(batch_nll), ntok + n
-    metrics = evaluate_pairs(model, data.src, data.tgt, data.valid_pairs, cfg.decode).metrics
-    model.train()
-    return {"loss": nll / max(1, ntok), **{k: metrics[k] for k in LOWER_IS_BETTER if k in metrics}}
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -231,13 +107,7 @@ def _open_run(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def data_fingerprint(cfg: RunConfig, data: RunData) -> dict:
-    """What fixes the order of batches: resuming with a different one would not continue the same run."""
-    return {"seed": cfg.train.seed, "max_tokens": cfg.train.max_tokens, "train": cfg.data.train,
-            "train_examples": len(data.train)}
-
-
-def _limit(state: TrainState, tc) -> str:
+def _limit(state: TrainState, tc, metric: str) -> str:
     """Why training must stop now, or ""."""
     if tc.max_minutes and state.train_seconds >= tc.max_minutes * 60:
         return f"time budget of {tc.max_minutes} minutes reached"
@@ -246,7 +116,7 @@ def _limit(state: TrainState, tc) -> str:
     if state.epoch >= tc.max_epochs:
         return f"max_epochs={tc.max_epochs} reached"
     if state.bad_validations >= tc.patience:
-        return f"no {tc.metric} improvement in {tc.patience} validations (early stopping)"
+        return f"no {metric} improvement in {tc.patience} validations (early stopping)"
     return ""
 
 
@@ -290,7 +160,32 @@ class _NoLog:
         pass
 
 
-def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState:
+@dataclass
+class _Run:
+    """What one training run holds: the task, the model and its optimizer, where it writes, and how to save."""
+
+    cfg: RunConfig
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    out: Path
+    log: Logger | _NoLog
+    d: Dist
+    fingerprint: dict
+    metric: str  # train.metric, or the task's default
+
+    def save(self, name: str, state: TrainState | None = None) -> None:
+        """Save a checkpoint under RUN/name (rank 0 only); with `state`, the trainer state to resume from too."""
+        if not self.d.main:
+            return
+        trainer = None if state is None else {"state": asdict(state), "fingerprint": self.fingerprint}
+        save_checkpoint(self.out / name, self.model, self.cfg, self.task.src, self.task.tgt, trainer=trainer,
+                        optimizer=self.optimizer if state is not None else None)
+
+
+def _start(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> tuple[_Run, TrainState]:
+    """Open the run directory, read the data through the task, build or restore the model, optimizer and state."""
     tc = cfg.train
     out = Path(tc.out_dir)
     if d.main:
@@ -306,67 +201,85 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
     random.seed(tc.seed)
 
     prev = load_checkpoint(out, "last") if resume else None
-    data = prepare_data(cfg, (prev.src, prev.tgt) if prev else None, log)
+    task = TASKS[cfg.task](cfg, (prev.src, prev.tgt) if prev else None, log)
+    metric = tc.metric or task.default_metric
+    if metric not in task.metrics:
+        raise ConfigError(f"train.metric={metric} is not a metric of the {cfg.task} task; valid: "
+                          f"{', '.join(task.metrics)}")
     if prev and asdict(prev.config.model) != asdict(cfg.model):
         raise ConfigError(f"{out}: the model config differs from the checkpoint's; resume with the same model")
     device = resolve_device(f"cuda:{d.local_rank}" if d.active and tc.device != "cpu" else tc.device)
     precision = Precision(tc.precision, device)
-    model = (prev.model if prev else build_model(cfg, len(data.src.vocab), len(data.tgt.vocab))).to(device)
+    model = (prev.model if prev else build_model(cfg, task.src.size, task.tgt.size)).to(device)
+    precision.prepare(model)
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
-    fingerprint = data_fingerprint(cfg, data)
+    run = _Run(cfg, task, model, optimizer, precision, out, log, d, task.fingerprint(), metric)
     state = TrainState()
     if prev:
         saved = load_trainer_state(prev.path, optimizer)
-        if saved.get("fingerprint") != fingerprint:
-            raise ConfigError(f"{out}: cannot resume: seed, max_tokens or training data changed "
-                              f"(checkpoint {saved.get('fingerprint')}, now {fingerprint})")
-        state = TrainState(**{**saved["state"], "stop_reason": "", "signal": 0})
+        if saved.get("fingerprint") != run.fingerprint:
+            raise ConfigError(f"{out}: cannot resume: the seed, batching or training data changed "
+                              f"(checkpoint {saved.get('fingerprint')}, now {run.fingerprint})")
+        old = dict(saved["state"])
+        if "tgt_tokens" in old:  # checkpoints written before units were named by the task
+            old["units"] = old.pop("tgt_tokens")
+        state = TrainState(**{**old, "stop_reason": "", "signal": 0})
     if d.rank:  # dropout differs between ranks (and after a resume, which restores rank 0's RNG everywhere)
         torch.manual_seed(tc.seed * 1_000_003 + d.rank * 7919 + state.step)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {cfg.model.arch} {n_params:,} parameters; run directory {out}", flush=True)
-    log("start", params=n_params, resumed_at_step=state.step if prev else None)
-    state.stop_reason = _limit(state, tc)
+    print(precision.describe(), flush=True)
+    c = precision.choice
+    log("start", task=cfg.task, params=n_params, resumed_at_step=state.step if prev else None,
+        precision={"requested": c.requested, "chosen": c.kind, "reason": c.reason, "native": c.native})
+    return run, state
+
+
+def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState:
+    run, state = _start(cfg, resume, overwrite, d)
+    tc, task, log = cfg.train, run.task, run.log
+    state.stop_reason = _limit(state, tc, run.metric)
     if state.stop_reason:
         print(f"nothing to train: {state.stop_reason}", flush=True)
         log.close()
         return state
 
     per_update = tc.accum_steps * d.world  # batches consumed by one update, all ranks together
-    total_steps = tc.max_steps or tc.max_epochs * math.ceil(epoch_batches_estimate(data, tc) / per_update)
-    model.train()
+    per_epoch = task.batches_per_epoch()
+    total_steps = tc.max_steps or tc.max_epochs * math.ceil((per_epoch or 1) / per_update)
+    run.model.train()
     with stop_on_signals() as stop:
         while not state.stop_reason:
-            batches = epoch_batches(data, cfg, state.epoch)
+            batches = task.batches(state.epoch)
             for _ in range(state.batch_in_epoch):  # resuming inside an epoch: skip what was trained on
                 next(batches, None)
-            bar = tqdm(total=None if isinstance(data.train, StreamingCorpus) else epoch_batches_estimate(data, tc),
-                       desc=f"epoch {state.epoch + 1}", initial=state.batch_in_epoch, leave=False,
+            bar = tqdm(total=per_epoch, desc=f"epoch {state.epoch + 1}", initial=state.batch_in_epoch, leave=False,
                        disable=not tc.progress or not sys.stderr.isatty(), mininterval=1.0)
-            tick, window = time.monotonic(), {"loss": 0.0, "tokens": 0, "seconds": 0.0}
+            tick, window = time.monotonic(), {"loss": 0.0, "units": 0, "seconds": 0.0}
             group = list(itertools.islice(batches, per_update))
             while group:
                 used = _budget_used(state, tc, d)
                 lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps, used)
-                result = _step(model, optimizer, [collate(b, [e.line for e in b]).to(device) for b in d.shard(group)],
-                               tc, state.step, lr, precision, d)
+                device = next(run.model.parameters()).device
+                result = _step(run.model, run.optimizer, [task.collate(b).to(device) for b in d.shard(group)],
+                               task.loss, tc, state.step, lr, run.precision, d)
                 now = time.monotonic()
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + len(group)
                 state.train_seconds += now - tick
                 window["seconds"] += now - tick
                 bar.update(len(group))
                 if result.skipped:
-                    _skipped(result, state, model, optimizer, data, cfg, log, out, fingerprint, d)
+                    _skipped(result, state, run)
                 else:
                     state.bad_in_row = 0
-                    state.tgt_tokens += result.tokens
-                    window["loss"] += result.nll
-                    window["tokens"] += result.tokens
+                    state.units += result.units
+                    window["loss"] += result.loss
+                    window["units"] += result.units
                 if state.step % tc.log_every == 0:
-                    _log_window(log, bar, state, window, lr)
+                    _log_window(log, bar, state, window, lr, task.unit)
                 group = list(itertools.islice(batches, per_update))  # the next update's; [] when the epoch is over
                 tick = time.monotonic()  # (reading streamed data counts as training time only in the step above)
-                limit = _limit(state, tc)
+                limit = _limit(state, tc, run.metric)
                 signalled, limited = d.any(bool(stop.reason), bool(limit))  # all ranks agree
                 if signalled:
                     stop.reason = stop.reason or "a signal to another rank"
@@ -375,25 +288,23 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
                     break
             bar.close()
             if stop.reason:  # save where we are (no validation: the scheduler wants us gone) and exit
-                if d.main:
-                    save_checkpoint(out / "last", model, cfg, data.src, data.tgt, optimizer=optimizer,
-                                    trainer={"state": asdict(state), "fingerprint": fingerprint})
-                print(f"{stop.reason}: saved {out / 'last'} at step {state.step}; rerun with --resume to continue",
+                run.save("last", state)
+                print(f"{stop.reason}: saved {run.out / 'last'} at step {state.step}; rerun with --resume to continue",
                       flush=True)
                 state.signal = stop.signum
                 break
             epoch_end = not group
             if epoch_end:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            _validate_and_save(model, optimizer, data, cfg, state, log, out, epoch_end, fingerprint, d.main)
-            limit = _limit(state, tc)
+            _validate_and_save(run, state, epoch_end)
+            limit = _limit(state, tc, run.metric)
             (limited,) = d.any(bool(limit))
             state.stop_reason = limit or "a limit on another rank" if limited else ""
     if state.best_metric is not None:
-        print(f"stopped: {state.stop_reason}; best {tc.metric} {state.best_metric:.4f} at epoch {state.best_epoch}",
+        print(f"stopped: {state.stop_reason}; best {run.metric} {state.best_metric:.4f} at epoch {state.best_epoch}",
               flush=True)
     log("stop", reason=state.stop_reason, step=state.step, train_seconds=round(state.train_seconds, 1),
-        tgt_tokens=state.tgt_tokens, skipped_batches=state.skipped_batches)
+        **{task.unit: state.units}, skipped_batches=state.skipped_batches)
     log.close()
     return state
 
@@ -425,54 +336,49 @@ def stop_on_signals():
             signal.signal(sig, h)
 
 
-def _skipped(result: StepResult, state: TrainState, model, optimizer, data: RunData, cfg: RunConfig, log,
-             out: Path, fingerprint: dict, d: Dist) -> None:
+def _skipped(result: StepResult, state: TrainState, run: _Run) -> None:
     """A batch whose loss or gradient was not finite: the update was not applied. Count and log it; too many in a
     row save a crash checkpoint and abort."""
     state.skipped_batches += 1
     state.bad_in_row += 1
     print(f"step {state.step}: skipped a batch with a {result.skipped} (data lines {result.lines[:10]}"
           f"{' ...' if len(result.lines) > 10 else ''})", flush=True)
-    log("skip", step=state.step, reason=result.skipped, lines=result.lines, skipped_batches=state.skipped_batches)
-    if state.bad_in_row >= cfg.train.max_bad_batches:
-        if d.main:
-            save_checkpoint(out / "crash", model, cfg, data.src, data.tgt, optimizer=optimizer,
-                            trainer={"state": asdict(state), "fingerprint": fingerprint})
-        log("stop", reason="non-finite", step=state.step, skipped_batches=state.skipped_batches)
-        log.close()
+    run.log("skip", step=state.step, reason=result.skipped, lines=result.lines, skipped_batches=state.skipped_batches)
+    if state.bad_in_row >= run.cfg.train.max_bad_batches:
+        run.save("crash", state)
+        run.log("stop", reason="non-finite", step=state.step, skipped_batches=state.skipped_batches)
+        run.log.close()
         raise CrosswayError(f"{state.bad_in_row} batches in a row had a non-finite loss or gradient (last at step "
-                            f"{state.step}); the model is saved in {out / 'crash'}. Lower train.lr, raise "
+                            f"{state.step}); the model is saved in {run.out / 'crash'}. Lower train.lr, raise "
                             f"train.warmup_steps, or check data lines {result.lines[:10]}")
 
 
 @dataclass
 class StepResult:
-    nll: float  # summed over target tokens
-    tokens: int
+    loss: float  # the reported loss, summed over units
+    units: int
     skipped: str  # "" or why the update was skipped
-    lines: list[int]  # data lines of the batch
+    lines: list  # data lines (or image names) of the batch
 
 
-def _step(model, optimizer, batches: list, tc, step: int, lr: float, precision: Precision,
+def _step(model, optimizer, batches: list, loss_fn, tc, step: int, lr: float, precision: Precision,
           d: Dist = ONE_PROCESS) -> StepResult:
     """One optimizer update on one or more batches (gradient accumulation), the loss normalised by all their
-    target tokens. A non-finite loss or gradient skips the update: parameters and optimizer state stay as they
-    were."""
+    units (`loss_fn(model, batch, step) -> (loss, reported)`, both summed over the batch's units). A non-finite
+    loss or gradient skips the update: parameters and optimizer state stay as they were."""
     set_lr(optimizer, lr)
-    p_model = 1 - truth_probability(step, tc.ss_schedule, tc.ss_k, tc.ss_floor)
-    total = int(d.sum(sum(b.num_tgt_tokens for b in batches)))  # of the whole update, all ranks
+    total = int(d.sum(sum(b.count for b in batches)))  # of the whole update, all ranks
     lines = [line for b in batches for line in b.lines]
     optimizer.zero_grad(set_to_none=True)
-    nll_sum, skipped = 0.0, ""
+    reported, skipped = 0.0, ""
     for b in batches:
         with precision.autocast():
-            loss, nll, _ = training_loss(model, b.src, b.src_mask, b.tgt_in, b.tgt_out, tc.scheduled_sampling,
-                                         p_model, tc.label_smoothing)
+            loss, report = loss_fn(model, b, step)
         if not torch.isfinite(loss):
             skipped = "non-finite loss"
             break
         precision.backward(loss / total)
-        nll_sum += float(nll)
+        reported += float(report)
     (bad,) = d.any(bool(skipped))
     skipped = skipped or ("non-finite loss on another rank" if bad else "")
     if not skipped:
@@ -485,41 +391,39 @@ def _step(model, optimizer, batches: list, tc, step: int, lr: float, precision: 
             precision.step(optimizer)
     if skipped:
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(d.sum(nll_sum), total, skipped, lines)
+    return StepResult(d.sum(reported), total, skipped, lines)
 
 
-def _log_window(log, bar, state: TrainState, window: dict, lr: float) -> None:
-    loss = window["loss"] / max(1, window["tokens"])
-    tps = window["tokens"] / max(1e-9, window["seconds"])
-    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:.0f}")
+def _log_window(log, bar, state: TrainState, window: dict, lr: float, unit: str) -> None:
+    loss = window["loss"] / max(1, window["units"])
+    rate = window["units"] / max(1e-9, window["seconds"])
+    bar.set_postfix(loss=f"{loss:.3f}", per_s=f"{rate:.0f}")
     log("train", step=state.step, epoch=state.epoch + 1, loss=round(loss, 5), ppl=round(math.exp(min(loss, 50)), 3),
-        lr=lr, tgt_tokens_per_s=round(tps, 1), train_seconds=round(state.train_seconds, 1))
-    window.update(loss=0.0, tokens=0, seconds=0.0)
+        lr=lr, **{f"{unit}_per_s": round(rate, 1)}, train_seconds=round(state.train_seconds, 1))
+    window.update(loss=0.0, units=0, seconds=0.0)
 
 
-def _validate_and_save(model, optimizer, data: RunData, cfg: RunConfig, state: TrainState, log, out: Path,
-                       epoch_end: bool, fingerprint: dict, write: bool = True):
+def _validate_and_save(run: _Run, state: TrainState, epoch_end: bool) -> None:
     """Validate, save `best` when the metric improves and `last` always. Only validations at the end of an
     epoch count towards early stopping, so stopping mid-epoch and resuming does not change when it stops."""
-    tc = cfg.train
-    v = validate(model, data, cfg)
-    value = v[tc.metric]
-    better = state.best_metric is None or (value < state.best_metric if LOWER_IS_BETTER[tc.metric]
+    tc = run.cfg.train
+    run.model.eval()
+    v = run.task.validate(run.model)
+    run.model.train()
+    value = v[run.metric]
+    better = state.best_metric is None or (value < state.best_metric if METRICS[run.metric] == "min"
                                            else value > state.best_metric)
     if better:
         state.best_metric, state.best_epoch, state.bad_validations = value, state.epoch, 0
     elif epoch_end:
         state.bad_validations += 1
-    shown = " ".join(f"{k} {v[k]:.4f}" for k in ("loss", "wer", "per", "bleu", "chrf") if k in v)
+    shown = " ".join(f"{k} {v[k]:.4f}" for k in run.task.shown if k in v)
     print(f"epoch {state.epoch} step {state.step}: valid {shown}{' (best)' if better else ''}", flush=True)
-    log("valid", step=state.step, epoch=state.epoch, best=better, train_seconds=round(state.train_seconds, 1),
-        **{k: round(x, 6) for k, x in v.items()})
-    if not write:  # another rank than 0: same numbers, nothing to write
-        return
+    run.log("valid", step=state.step, epoch=state.epoch, best=better, train_seconds=round(state.train_seconds, 1),
+            **{k: round(x, 6) for k, x in v.items() if isinstance(x, int | float)})
     if better:
-        save_checkpoint(out / "best", model, cfg, data.src, data.tgt)
-    if tc.keep_checkpoints:
-        save_checkpoint(out / CHECKPOINTS / step_checkpoint_name(state.step), model, cfg, data.src, data.tgt)
-        keep_newest(out, tc.keep_checkpoints)
-    save_checkpoint(out / "last", model, cfg, data.src, data.tgt,
-                    trainer={"state": asdict(state), "fingerprint": fingerprint}, optimizer=optimizer)
+        run.save("best")
+    if tc.keep_checkpoints and run.d.main:
+        run.save(f"{CHECKPOINTS}/{step_checkpoint_name(state.step)}")
+        keep_newest(run.out, tc.keep_checkpoints)
+    run.save("last", state)

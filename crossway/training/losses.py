@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crossway.data.tokenizers import PAD_ID
+from crossway.segmetrics import IGNORE_INDEX
 
 # rows of logits per slice in generator_ce: about this many floats (8 MB), enough rows to keep the matrix products
 # efficient, few enough that a slice stays in cache
@@ -118,3 +119,60 @@ class _GeneratorCE(torch.autograd.Function):
         g_weight = (saved[1] * grad_loss).to(ctx.dtypes[1])
         g_bias = (saved[2] * grad_loss).to(ctx.dtypes[1]) if ctx.has_bias else None
         return g_rows, g_weight, g_bias, None, None, None, None
+
+
+# --- segmentation: K classes, H W height and width; per-image losses (B,) so the loop can average over images ---
+
+SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice")
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, include_background: bool = True, eps: float = 1.0) -> Tensor:
+    """logits (B, K, H, W), target (B, H, W) long -> per-image loss (B,) = 1 - mean over classes of soft Dice.
+
+    Soft Dice of class k on image b, with p the softmax probabilities and t the one-hot truth:
+    (2 sum p t + eps) / (sum p + sum t + eps). Plain sums in the denominator, as in nnU-Net (Isensee et al. 2021)
+    and MONAI's default, rather than the squares of Milletari et al. 2016 (V-Net): with a one-hot truth the plain
+    form is the Dice of the soft prediction itself, and it equals the hard Dice when p is one-hot. eps keeps a
+    class absent from both prediction and truth at Dice 1 (no loss) instead of 0/0. Computed in float32.
+    """
+    B = logits.size(0)
+    probs = F.softmax(logits.float(), 1).flatten(2)  # (B, K, HW)
+    return _soft_dice(probs, target.reshape(B, -1), include_background, eps)
+
+
+def _soft_dice(probs: Tensor, target: Tensor, include_background: bool, eps: float,
+               valid: Tensor | None = None) -> Tensor:
+    """probs (B, K, N) float32, target (B, N) long (ids < K), valid (B, N) bool or None -> (B,). The one-hot truth
+    is never built: its sums are counts of target, and sum p t gathers each pixel's probability of its true class.
+    Pixels that are not valid count on neither side."""
+    B, K = probs.shape[:2]
+    w = torch.ones_like(probs[:, 0]) if valid is None else valid.to(probs.dtype)  # (B, N)
+    p_true = probs.gather(1, target[:, None])[:, 0] * w  # (B, N)
+    inter = probs.new_zeros(B, K).scatter_add(1, target, p_true)  # sum p t per class (B, K)
+    t_sum = probs.new_zeros(B, K).scatter_add(1, target, w)  # (B, K)
+    p_sum = probs.sum(2) if valid is None else (probs * w[:, None]).sum(2)  # (B, K)
+    dice = (2 * inter + eps) / (p_sum + t_sum + eps)  # (B, K)
+    return 1 - (dice if include_background else dice[:, 1:]).mean(1)
+
+
+def segmentation_loss(logits: Tensor, target: Tensor, kind: str = "ce+dice", *,
+                      include_background: bool = True) -> Tensor:
+    """logits (B, K, H, W), target (B, H, W) long -> per-image loss (B,) in float32.
+
+    "ce": the mean pixel cross-entropy of each image; "dice": soft_dice_loss; "ce+dice": their unweighted sum
+    (the nnU-Net default, Isensee et al. 2021): CE gives every pixel a gradient, Dice balances small classes."""
+    if kind not in SEGMENTATION_LOSSES:
+        raise ValueError(f"the segmentation loss must be one of {list(SEGMENTATION_LOSSES)}, not {kind!r}")
+    B = logits.size(0)
+    logp = F.log_softmax(logits.float(), 1).flatten(2)  # (B, K, HW)
+    flat = target.reshape(B, -1)  # (B, HW)
+    valid = flat != IGNORE_INDEX  # padding of crops larger than the image (data.images)
+    all_valid = bool(valid.all())
+    flat = flat if all_valid else torch.where(valid, flat, 0)
+    loss = logp.new_zeros(B)
+    if "ce" in kind.split("+"):
+        nll = -logp.gather(1, flat[:, None])[:, 0]  # (B, HW)
+        loss = loss + (nll.mean(1) if all_valid else (nll * valid).sum(1) / valid.sum(1).clamp_min(1))
+    if "dice" in kind.split("+"):
+        loss = loss + _soft_dice(logp.exp(), flat, include_background, eps=1.0, valid=None if all_valid else valid)
+    return loss

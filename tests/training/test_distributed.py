@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import yaml
 from crossway import load_checkpoint, train
 from crossway.data.batching import collate
 from crossway.data.text import Example
+from crossway.tasks.text import text_loss
 from crossway.training import loop
 from crossway.training.checkpoint import build_model
 from crossway.training.precision import Precision
@@ -23,8 +25,11 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 GRADS = """
 import sys, torch
+from functools import partial
+from crossway.tasks.text import text_loss
 from crossway.data.batching import collate
 from crossway.data.text import Example
+from crossway.tasks.text import text_loss
 from crossway.training import loop
 from crossway.training.checkpoint import build_model
 from crossway.training.distributed import init_distributed, shutdown
@@ -38,7 +43,8 @@ torch.manual_seed(0)
 model = build_model(cfg, 10, 10)
 opt = torch.optim.SGD(model.parameters(), lr=1.0)
 before = torch.cat([p.detach().flatten() for p in model.parameters()])
-loop._step(model, opt, [two_batches()[d.rank]], cfg.train, 100, 1.0, Precision("fp32", torch.device("cpu")), d)
+loop._step(model, opt, [two_batches()[d.rank]], partial(text_loss, cfg.train), cfg.train, 100, 1.0,
+           Precision("fp32", torch.device("cpu")), d)
 after = torch.cat([p.detach().flatten() for p in model.parameters()])
 torch.save(before - after, sys.argv[1] + f".rank{d.rank}")
 shutdown(d)
@@ -69,7 +75,8 @@ def test_two_processes_give_the_gradient_of_one_process_on_the_combined_batch(tm
     model = build_model(cfg, 10, 10)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
-    loop._step(model, opt, list(two_batches()), cfg.train, 100, 1.0, Precision("fp32", torch.device("cpu")))
+    loop._step(model, opt, list(two_batches()), partial(text_loss, cfg.train), cfg.train, 100, 1.0,
+               Precision("fp32", torch.device("cpu")))
     single = before - torch.cat([p.detach().flatten() for p in model.parameters()])
     assert single.abs().max() > 1e-3 and torch.allclose(g0, single, atol=1e-6)
 

@@ -9,15 +9,18 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
 import torch
 
+import crossway.tasks.text as text_task
 import crossway.training.loop as loop
 from crossway import load_checkpoint, train
 from crossway.data.batching import collate
 from crossway.data.text import Example
 from crossway.errors import ConfigError, CrosswayError
+from crossway.tasks.text import text_loss
 from crossway.training.checkpoint import build_model
 from crossway.training.precision import Precision
 from tests.conftest import REPO, tiny_config
@@ -30,7 +33,7 @@ def records(run, kind):
 
 def nan_loss_at(monkeypatch, calls: set[int]):
     """Make the training loss NaN on the given (1-based) training-loss calls."""
-    real, n = loop.training_loss, [0]
+    real, n = text_task.training_loss, [0]
 
     def patched(*args):
         loss, nll, ntok = real(*args)
@@ -39,7 +42,7 @@ def nan_loss_at(monkeypatch, calls: set[int]):
             loss = loss * float("nan")
         return loss, nll, ntok
 
-    monkeypatch.setattr(loop, "training_loss", patched)
+    monkeypatch.setattr(text_task, "training_loss", patched)
 
 
 def test_a_nan_batch_is_skipped_and_leaves_the_model_unchanged(reversal_data, tmp_path, monkeypatch):
@@ -96,7 +99,8 @@ def test_gradient_accumulation_equals_one_big_batch(reversal_data, tmp_path):
         model = build_model(cfg, 10, 10)
         opt = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the (clipped) gradient itself
         before = torch.cat([p.detach().flatten() for p in model.parameters()])
-        loop._step(model, opt, batches, cfg.train, 100, 1.0, Precision("fp32", torch.device("cpu")))
+        loop._step(model, opt, batches, partial(text_loss, cfg.train), cfg.train, 100, 1.0,
+                   Precision("fp32", torch.device("cpu")))
         results.append(before - torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert results[0].abs().max() > 1e-3 and torch.allclose(results[0], results[1], atol=1e-6)
     state = train(tiny_config(reversal_data, tmp_path / "acc", train={"max_steps": 6, "accum_steps": 3}))
@@ -165,23 +169,37 @@ while True:
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(i)
+    print("start", i, flush=True)
     save_checkpoint(sys.argv[1], model, cfg, codec, codec)
-    print(i, flush=True)
+    print("end", i, flush=True)
 """
 
 
 def test_kill_9_during_checkpoint_saves_leaves_a_loadable_checkpoint(tmp_path):
+    """Each child times one whole save, then is killed part-way through its next one (a fraction of that
+    time after it starts, so on any machine's speed). The child says when each save starts and ends: a kill
+    landed inside a save when the last thing it said was a start."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    ckpt, cut = tmp_path / "run" / "last", 0
-    for delay in (0.0, 0.003, 0.007, 0.011, 0.02, 0.035, 0.05, 0.08):
+    ckpt = tmp_path / "run" / "last"
+    fractions = (0.0, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)
+    inside = cut = 0
+    for fraction in fractions:
         proc = subprocess.Popen([sys.executable, "-c", SAVER, str(ckpt)], env=env, stdout=subprocess.PIPE,
                                 text=True)
-        proc.stdout.readline()  # at least one save finished
-        time.sleep(delay)
+        assert proc.stdout.readline().split()[0] == "start"
+        t0 = time.monotonic()
+        assert proc.stdout.readline().split()[0] == "end"  # one save finished, timed
+        save_s = time.monotonic() - t0
+        assert proc.stdout.readline().split()[0] == "start"
+        time.sleep(fraction * save_s)
         proc.kill()
         proc.wait()
+        said = ["start", *proc.stdout.read().split()[::2]]  # what it said after the start above
+        inside += said[-1] == "start"
+        cut += (ckpt.parent / "last.tmp").exists() or (ckpt.parent / "last.old").exists()
         loaded = load_checkpoint(tmp_path / "run", "last")  # last/, or last.old/ when cut between renames
         values = {float(p.detach().flatten()[0]) for p in loaded.model.parameters()}
-        cut += (ckpt.parent / "last.tmp").exists() or (ckpt.parent / "last.old").exists()
         assert len(values) == 1 and values.pop() >= 1  # one whole save, never a mix
-    print(f"{cut} of 8 kills landed inside a save")
+    print(f"{inside} of {len(fractions)} kills landed inside a save; {cut} left a cut save on disk")
+    # the test means something only if kills landed inside saves, some leaving a save half-done on disk
+    assert inside >= len(fractions) // 2 and cut >= 1, f"{inside} kills inside a save, {cut} left a cut save"
