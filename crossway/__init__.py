@@ -2,6 +2,7 @@
 
 from crossway.config import RunConfig, decode_overrides, load_config
 from crossway.data.g2p import prepare_g2p
+from crossway.data.shapes import generate_shapes
 from crossway.data.text import decode_lines, read_lines
 from crossway.decoding import DecodeConfig, greedy_search
 from crossway.errors import CheckpointError, ConfigError, CrosswayError, DataError
@@ -11,6 +12,7 @@ from crossway.hf import export_hf, import_hf
 from crossway.inference import TranslateStats, Translation, set_threads, translate
 from crossway.quantize import QUANTIZE, quantize
 from crossway.rerank import Rescorer, load_rescorer, rerank
+from crossway.segment import TileConfig, evaluate_folder, segment_files, segment_image
 from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_models
 from crossway.training.loop import train
 
@@ -23,5 +25,5 @@ __all__ = [
     "QUANTIZE", "RunConfig", "TranslateStats", "Translation", "evaluate_file", "evaluate_pairs", "greedy_search",
     "load_checkpoint", "load_models", "decode_lines", "decode_overrides", "export_hf", "import_hf", "load_config",
     "prepare_g2p", "quantize", "read_lines", "rerank", "score_files", "set_threads", "train",
-    "translate",
+    "translate", "TileConfig", "evaluate_folder", "generate_shapes", "segment_files", "segment_image",
 ]

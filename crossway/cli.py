@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     g2p.add_argument("outdir")
     g2p.add_argument("--keep-stress", action="store_true", help="keep the stress digits on vowels (AH0, EY1)")
     g2p.set_defaults(func=_data_g2p)
+    sh = data.add_parser("shapes", help="generated segmentation set: OUTDIR/{train,valid,test}/{images,masks}/*.png "
+                                        "(overlapping shapes of 5 classes on textured backgrounds, fixed seed)")
+    sh.add_argument("outdir")
+    sh.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    sh.add_argument("--train", type=int, default=400, help="training images (default 400)")
+    sh.add_argument("--valid", type=int, default=50)
+    sh.add_argument("--test", type=int, default=50)
+    sh.add_argument("--seed", type=int, default=0)
+    sh.set_defaults(func=_data_shapes)
 
     tr = sub.add_parser("train", help="train a model from a YAML config")
     tr.add_argument("config", help="YAML file (see configs/)")
@@ -73,20 +82,33 @@ def _parser() -> argparse.ArgumentParser:
     tl.add_argument("--input", help="input file (default: stdin)")
     tl.add_argument("--output", help="output file (default: stdout)")
     tl.add_argument("--max-src-len", type=int, help="longest input in tokens (default: the model's data.max_src_len)")
+    tl.add_argument("--long-inputs", default="error", choices=["error", "skip"],
+                    help="an input over --max-src-len: error (default) stops with no output; skip gives it an "
+                         "empty output line (so output lines stay aligned with input lines) and counts it")
     _rescore_args(tl)
     tl.set_defaults(func=_translate)
 
     ev = sub.add_parser("evaluate", help="decode a data file and score it (WER, PER, CER, exact match; BLEU, chrF "
-                                         "and TER with sacrebleu), or score a hypothesis file (--score)")
+                                         "and TER with sacrebleu), or score a hypothesis file (--score); for a "
+                                         "segmentation run, segment an image/mask folder (Dice, IoU, boundary F1)")
     _model_args(ev, required=False)
-    ev.add_argument("--data", help="data file in the run's format (e.g. test.tsv)")
+    ev.add_argument("--data", help="data file in the run's format (e.g. test.tsv), or an image/mask folder")
     ev.add_argument("--score", metavar="HYP", help="score this hypothesis file against --ref files instead")
     ev.add_argument("--ref", action="append", default=[], help="reference file, line-aligned with --score "
                                                                 "(repeat for several references)")
     ev.add_argument("--report", help="JSON report path (default: RUN/eval-<data name>.json)")
     ev.add_argument("--hyps", help="also write one hypothesis per distinct input to this file")
     _rescore_args(ev)
+    _tile_args(ev)
     ev.set_defaults(func=_evaluate)
+    sg = sub.add_parser("segment", help="segment images with a segmentation run: OUT/NAME.png (class ids, palette) "
+                                        "and OUT/NAME.overlay.png")
+    sg.add_argument("--model", required=True, help="run or checkpoint directory")
+    sg.add_argument("images", nargs="+", help="image files (PNG, JPEG, TIFF, BMP)")
+    sg.add_argument("--out", required=True, help="output directory")
+    sg.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _tile_args(sg)
+    sg.set_defaults(func=_segment)
     av = sub.add_parser("average", help="average the weights of checkpoints of one run into a new checkpoint")
     av.add_argument("inputs", nargs="+", help="checkpoint directories, or one run directory with --last N")
     av.add_argument("--last", type=int, help="the newest N of RUN/checkpoints/ (train.keep_checkpoints)")
@@ -153,6 +175,12 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                                                 "decode.n_best=3 decode.length_penalty=0.6 decode.top_p=0.9")
 
 
+def _tile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=int, default=0, help="segmentation: segment images larger than this in "
+                                                       "overlapping TILE x TILE windows (bounded memory); 0 = whole")
+    p.add_argument("--overlap", type=int, default=32, help="segmentation: pixels shared by neighbouring tiles")
+
+
 def _rescore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rescore", action="append", default=[], metavar="RUN",
                    help="rerank the n-best list (decode.strategy=beam decode.n_best=K) with this model too, e.g. "
@@ -196,6 +224,22 @@ def _data_g2p(args) -> None:
     print(json.dumps(stats, indent=2))
 
 
+def _data_shapes(args) -> None:
+    try:
+        stats = cw.generate_shapes(args.outdir, args.train, args.valid, args.test, args.size, args.seed)
+    except ValueError as e:
+        raise cw.ConfigError(str(e)) from None
+    print(json.dumps(stats, indent=2))
+
+
+def _segment(args) -> None:
+    cw.set_threads(args.threads)
+    loaded = cw.load_checkpoint(args.model)
+    records = cw.segment_files(loaded, args.images, args.out, cw.TileConfig(tile=args.tile, overlap=args.overlap))
+    for r in records:
+        print(f"{r['image']}: {r['width']}x{r['height']} -> {r['mask']} ({r['seconds']:.2f} s)")
+
+
 def _graphone(args) -> None:
     t0 = time.perf_counter()
     cfg = cw.GraphoneConfig(order=args.order, iterations=args.iterations, max_src=args.max_src,
@@ -214,9 +258,9 @@ def _translate(args) -> None:
     lines = cw.read_lines(args.input) if args.input else cw.decode_lines(sys.stdin.buffer.read(), "<stdin>")
     stats, cfg = cw.TranslateStats(), _decode_cfg(args, loaded)
     rescorers, weights = _rescorers(args)
-    outs = cw.translate(loaded.model, loaded.src, loaded.tgt, lines, cfg,
-                        args.max_src_len or loaded.config.data.max_src_len, stats, args.input or "<stdin>",
-                        rescorers, weights)
+    limit = args.max_src_len or loaded.config.data.max_src_len
+    outs = cw.translate(loaded.model, loaded.src, loaded.tgt, lines, cfg, limit, stats, args.input or "<stdin>",
+                        rescorers, weights, args.long_inputs)
     if cfg.strategy == "beam" and cfg.n_best > 1:  # n-best: "line<TAB>rank<TAB>score<TAB>text"
         text = "".join(f"{i}\t{r}\t{h.score:.4f}\t{h.text}\n" for i, o in enumerate(outs, 1)
                        for r, h in enumerate([o, *o.alternatives], 1))
@@ -229,24 +273,49 @@ def _translate(args) -> None:
     if stats.unknown_tokens or stats.unfinished:
         print(f"crossway: {stats.unknown_tokens} input tokens not in the vocabulary were read as <unk>; "
               f"{stats.unfinished} outputs stopped at the length limit", file=sys.stderr)
+    if stats.too_long:
+        n, shown = len(stats.too_long), ", ".join(map(str, stats.too_long[:10]))
+        more = f" and {n - 10} more" if n > 10 else ""
+        print(f"translate: {n} input{'s' if n > 1 else ''} over the {limit}-token limit "
+              f"{'were' if n > 1 else 'was'} skipped (line{'s' if n > 1 else ''} {shown}{more}); "
+              f"{'their output lines are' if n > 1 else 'its output line is'} empty", file=sys.stderr)
 
 
 def _evaluate(args) -> None:
+    if args.model and args.data and not args.score:
+        loaded = _load(args)
+        return EVALUATE[loaded.config.task](args, loaded)
     if args.score:
         if not args.ref or args.model or args.data:
             raise cw.ConfigError("--score HYP takes --ref REF (one or more) and no --model or --data")
         report = {"hypotheses": args.score, "references": args.ref, **cw.score_files(args.score, args.ref)}
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return
-    if not args.model or not args.data:
-        raise cw.ConfigError("evaluate needs --model RUN and --data FILE (or --score HYP --ref REF)")
+    raise cw.ConfigError("evaluate needs --model RUN and --data FILE (or --score HYP --ref REF)")
+
+
+def _report_path(args) -> Path:
     if args.report:
-        path = Path(args.report)
-    elif len(args.model) == 1:
-        path = Path(args.model[0]) / f"eval-{Path(args.data).stem}.json"
-    else:
-        raise cw.ConfigError("an ensemble's report needs --report PATH (it belongs to no single run)")
-    loaded = _load(args)
+        return Path(args.report)
+    if len(args.model) == 1:
+        return Path(args.model[0]) / f"eval-{Path(args.data).stem}.json"
+    raise cw.ConfigError("an ensemble's report needs --report PATH (it belongs to no single run)")
+
+
+def _evaluate_segmentation(args, loaded: cw.LoadedModel) -> None:
+    if len(args.model) > 1 or args.rescore or args.overrides or args.hyps:
+        raise cw.ConfigError("a segmentation run is evaluated alone: no ensembles, --rescore, --hyps or decode.*")
+    path = _report_path(args)
+    report = cw.evaluate_folder(loaded, args.data, cw.TileConfig(tile=args.tile, overlap=args.overlap), path)
+    print(f"{report['images']} images of {args.data}: Dice {report['dice']:.4f}, IoU {report['iou']:.4f}, "
+          f"boundary F1 {report['boundary_f1']:.4f} (foreground mean), pixel accuracy {report['pixel_accuracy']:.4f}")
+    for name, r in report["per_class"].items():
+        print(f"  {name:<16} Dice {r['dice']:.4f}  IoU {r['iou']:.4f}  boundary F1 {r['boundary_f1']:.4f}")
+    print(f"report written to {path}", file=sys.stderr)
+
+
+def _evaluate_text(args, loaded: cw.LoadedModel) -> None:
+    path = _report_path(args)
     cfg = _decode_cfg(args, loaded)
     rescorers, weights = _rescorers(args)
     result = cw.evaluate_file(loaded, args.data, cfg, rescorers, weights)
@@ -260,6 +329,9 @@ def _evaluate(args) -> None:
                                                                           strict=True)), encoding="utf-8")
     print(json.dumps(report, indent=2))
     print(f"report written to {path}", file=sys.stderr)
+
+
+EVALUATE = {"text": _evaluate_text, "segmentation": _evaluate_segmentation}  # the run's task -> how to evaluate it
 
 
 def _average(args) -> None:

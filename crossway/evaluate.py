@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from crossway.data.text import Pair, read_corpus, read_lines
+from crossway.data.text import Pair, SkipReport, drop_empty, read_corpus, read_lines
 from crossway.data.tokenizers import TextCodec
 from crossway.decoding import DecodeConfig
 from crossway.errors import DataError
@@ -23,6 +23,7 @@ class Evaluation:
     sources: list[str]  # distinct inputs, in first-seen order
     references: list[list[str]]  # every reference of each input
     hypotheses: list[str]
+    skipped: SkipReport | None = None  # evaluate_file: the data file's lines left out (blank or empty)
 
 
 def group_references(pairs: list[Pair]) -> tuple[list[str], list[list[str]]]:
@@ -66,10 +67,17 @@ def score_files(hyp_path: str, ref_paths: list[str]) -> dict:
 
 def evaluate_file(loaded: LoadedModel, path: str, cfg: DecodeConfig | None = None,
                   rescorers: Sequence[Rescorer] = (), weights: Sequence[float] | None = None) -> Evaluation:
-    """Score a data file read with the run's own data settings (format and columns)."""
+    """Score a data file read with the run's own data settings (format and columns). Blank lines and pairs
+    with an empty source or target are left out, as in training, and counted: metrics["skipped_lines"]."""
     d = loaded.config.data
-    pairs = read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext)
+    pairs, report = drop_empty(read_corpus(path, d.format, d.src_col, d.tgt_col, d.header, d.src_ext, d.tgt_ext),
+                               loaded.src, loaded.tgt, path)
     if not pairs:
-        raise DataError(f"{path}: no examples to evaluate")
-    return evaluate_pairs(loaded.model, loaded.src, loaded.tgt, pairs, cfg or loaded.config.decode,
-                          rescorers=rescorers, weights=weights)
+        skipped = sum(report.skipped.values())
+        why = f" (each of its {skipped} lines is blank or has an empty source or target)" if skipped else ""
+        raise DataError(f"{path}: no examples to evaluate{why}")
+    result = evaluate_pairs(loaded.model, loaded.src, loaded.tgt, pairs, cfg or loaded.config.decode,
+                            rescorers=rescorers, weights=weights)
+    result.metrics.update(skipped_lines=sum(report.skipped.values()))
+    result.skipped = report
+    return result

@@ -13,7 +13,7 @@ from crossway.data.batching import pad, token_budget_batches
 from crossway.data.text import Example
 from crossway.data.tokenizers import PAD_ID, UNK_ID, TextCodec
 from crossway.decoding import DecodeConfig, Hypothesis, decode
-from crossway.errors import DataError
+from crossway.errors import ConfigError, DataError
 from crossway.rerank import Rescorer, check_rerank, rerank
 from crossway.training.checkpoint import LoadedModel
 
@@ -35,31 +35,36 @@ class TranslateStats:
     empty: int = 0
     unknown_tokens: int = 0  # input tokens not in the source vocabulary, decoded as <unk>
     unfinished: int = 0  # outputs cut by the length limit
+    too_long: list[int] = field(default_factory=list)  # 1-based lines over max_src_len, skipped (long_inputs="skip")
+
+
+LONG_INPUTS = ("error", "skip")  # what translate does with an input over max_src_len
 
 
 def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str], cfg: DecodeConfig,
               max_src_len: int | None = None, stats: TranslateStats | None = None,
               name: str = "input", rescorers: Sequence[Rescorer] = (),
-              weights: Sequence[float] | None = None) -> list[Translation]:
+              weights: Sequence[float] | None = None, long_inputs: str = "error") -> list[Translation]:
     """One translation per input text, in input order. An input longer than `max_src_len` tokens is an error
-    naming `name` and its (1-based) line; nothing is truncated. Empty inputs give empty outputs. With
-    `rescorers`, each n-best list (beam, decode.n_best >= 2) is reranked by them too (crossway.rerank)."""
+    naming `name` and its (1-based) line, or with long_inputs="skip" gets an empty output, as an empty input
+    does, and its line is listed in `stats.too_long`; nothing is truncated. With `rescorers`, each n-best list
+    (beam, decode.n_best >= 2) is reranked by them too (crossway.rerank)."""
+    if long_inputs not in LONG_INPUTS:
+        raise ConfigError(f"long_inputs={long_inputs!r}: one of {', '.join(LONG_INPUTS)}")
     check_rerank(cfg, rescorers)
     stats = stats if stats is not None else TranslateStats()
     stats.inputs += len(texts)
     ids = [src.encode(t) for t in texts]
-    for n, seq in enumerate(ids, start=1):
-        if max_src_len is not None and len(seq) > max_src_len:
-            raise DataError(f"{name}:{n}: input line {n} has {len(seq)} tokens, over the limit of {max_src_len} "
-                            f"(the model's data.max_src_len; raise it with --max-src-len)")
-        stats.unknown_tokens += sum(i == UNK_ID for i in seq)
+    skip = _too_long(ids, max_src_len, long_inputs, name)
+    stats.too_long += [i + 1 for i in sorted(skip)]
+    stats.unknown_tokens += sum(i == UNK_ID for n, seq in enumerate(ids) if n not in skip for i in seq)
     out: list[Translation | None] = [None] * len(texts)
     todo = []
     for i, seq in enumerate(ids):
-        if seq:
+        if seq and i not in skip:
             todo.append(i)
-        else:
-            stats.empty += 1
+        else:  # an empty output, as for an empty input: output line i stays input line i's
+            stats.empty += i not in skip
             out[i] = Translation("", [], [], 0.0, True)
     examples = [Example(ids[i], [], i + 1) for i in todo]
     device = next(model.parameters()).device
@@ -78,12 +83,26 @@ def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str]
         pools, searcher = [], None
         if cfg.rescore_union:
             plain = dataclasses.replace(cfg, rescore_union=False)
-            pools = [translate(r.model, r.src, r.tgt, texts, plain, max_src_len, name=name) for r in rescorers
-                     if isinstance(r, LoadedModel)]  # (a TextScorer cannot search: it only scores)
+            kept = ["" if i in skip else t for i, t in enumerate(texts)]  # (a skipped input gets no candidates)
+            pools = [translate(r.model, r.src, r.tgt, kept, plain, max_src_len, name=name, long_inputs=long_inputs)
+                     for r in rescorers if isinstance(r, LoadedModel)]  # (a TextScorer cannot search: it only scores)
             searcher = LoadedModel(model, None, src, tgt, None)  # type: ignore[arg-type]  # (only model, src, tgt)
         return rerank(out, texts, rescorers, weights, cfg.length_penalty, cfg.max_tokens,  # type: ignore[arg-type]
                       pools, searcher, cfg.rescore_mbr)
     return out  # type: ignore[return-value]
+
+
+def _too_long(ids: list[list[int]], max_src_len: int | None, long_inputs: str, name: str) -> set[int]:
+    """Indices of the inputs over `max_src_len` tokens, to skip; with long_inputs="error", the first one is an
+    error instead."""
+    if max_src_len is None:
+        return set()
+    for n, seq in enumerate(ids, start=1):
+        if len(seq) > max_src_len and long_inputs == "error":
+            raise DataError(f"{name}:{n}: input line {n} has {len(seq)} tokens, over the limit of {max_src_len} "
+                            "(the model's data.max_src_len; raise it with --max-src-len, or leave such lines' "
+                            "outputs empty with --long-inputs skip)")
+    return {i for i, seq in enumerate(ids) if len(seq) > max_src_len}
 
 
 def _translation(hyp: Hypothesis, src_tokens: list[str], tgt: TextCodec) -> Translation:

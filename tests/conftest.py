@@ -57,6 +57,15 @@ def tiny_config(data: dict[str, Path], out_dir: Path, **sections) -> RunConfig:
     return RunConfig.from_dict(raw)
 
 
+REVERSAL_TRANSFORMER = {  # tiny_config sections of the Transformer that learns the reversal task (test_end_to_end)
+    "model": {"arch": "transformer", "d_model": 64, "heads": 4, "ff_dim": 128, "enc_layers": 2, "dec_layers": 2,
+              "dropout": 0.0},
+    # a step budget (0.99 exact match at step 650, deterministic); max_minutes only guards against a hung run
+    "train": {"max_epochs": 100, "max_steps": 650, "max_minutes": 5.0, "lr": 0.002, "warmup_steps": 50,
+              "max_tokens": 600, "patience": 100, "metric": "exact_match", "label_smoothing": 0.0},
+}
+
+
 @pytest.fixture(scope="session")
 def served_runs(tmp_path_factory) -> dict[str, Path]:
     """An RNN (Bahdanau) and a Transformer run, trained for a few steps, shared by the serving tests."""

@@ -12,14 +12,15 @@ from crossway.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 
 
 class Recorder:
-    """Doubles each input; records every call; can block until released."""
+    """Doubles each input; records every call; can block until released (`entered`: a call has started)."""
 
     def __init__(self, delay: float = 0.0):
         self.calls: list[tuple[list, object]] = []
-        self.delay, self.gate = delay, threading.Event()
+        self.delay, self.gate, self.entered = delay, threading.Event(), threading.Event()
         self.gate.set()
 
     def __call__(self, inputs, key):
+        self.entered.set()
         self.gate.wait()
         time.sleep(self.delay)
         self.calls.append((list(inputs), key))
@@ -32,7 +33,9 @@ async def _gather(batcher, jobs, timeout=5.0):
 
 def test_concurrent_jobs_share_a_call_and_get_their_own_outputs():
     run = Recorder()
-    b = MicroBatcher(run, max_queue=16, max_inputs=100, wait_s=0.1)
+    # the worker waits up to wait_s for jobs to join the first, and stops waiting once max_inputs (all six
+    # inputs) are there: a generous wait that costs nothing when the jobs arrive together, as they do here
+    b = MicroBatcher(run, max_queue=16, max_inputs=6, wait_s=5.0)
     outs = asyncio.run(_gather(b, [([1, 2], "k"), ([3], "k"), ([4, 5, 6], "k")]))
     assert outs == [[2, 4], [6], [8, 10, 12]]
     assert len(run.calls) == 1 and sorted(run.calls[0][0]) == [1, 2, 3, 4, 5, 6]
@@ -70,7 +73,8 @@ def test_full_queue_refuses_at_once_and_frees_slots():
         return refused_in, done, again
 
     refused_in, done, again = asyncio.run(scenario())
-    assert refused_in < 0.05 and done == [[0], [2]] and again == [14]
+    # refused at once: a submit that waited for a slot instead would end in DeadlineExceeded after its 5 s
+    assert refused_in < 1.0 and done == [[0], [2]] and again == [14]
     assert b.stats.rejected_full == 1 and b.pending == 0
     b.close()
 
@@ -81,8 +85,8 @@ def test_deadline_frees_the_slot_and_a_queued_job_never_runs():
     b = MicroBatcher(run, max_queue=2, max_inputs=1, wait_s=0.0)
 
     async def scenario():
-        stuck = asyncio.ensure_future(b.submit([1], "k", 5.0))  # taken by the worker, blocked in run
-        await asyncio.sleep(0.05)
+        stuck = asyncio.ensure_future(b.submit([1], "k", 30.0))  # taken by the worker, blocked in run
+        await asyncio.to_thread(run.entered.wait, 30)
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded):
             await b.submit([2], "k", 0.1)  # queued behind it; expires
@@ -92,8 +96,9 @@ def test_deadline_frees_the_slot_and_a_queued_job_never_runs():
         return waited, pending_after, await stuck
 
     waited, pending_after, first = asyncio.run(scenario())
-    assert 0.09 < waited < 1.0 and pending_after == 1 and first == [2]
-    time.sleep(0.05)
+    # not before the deadline, and well before the stuck job could have finished (it never does until released)
+    assert 0.09 < waited < 5.0 and pending_after == 1 and first == [2]
+    time.sleep(0.2)  # time for the worker to (wrongly) take the expired job
     assert [c[0] for c in run.calls] == [[1]]  # the expired job never reached the model
     assert b.stats.expired == 1 and b.pending == 0
     b.close()

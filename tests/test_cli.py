@@ -90,8 +90,33 @@ def test_translate_decoding_options(run):
 
 
 def test_translate_refuses_overlong_input(run):
-    assert_clean_error(cw("translate", "--model", str(run["run"]), stdin="ab\n" + "a" * 50 + "\n"),
-                       "input line 2 has 50 tokens", "limit of 10")
+    p = cw("translate", "--model", str(run["run"]), stdin="ab\n" + "a" * 50 + "\n")
+    assert_clean_error(p, "<stdin>:2: input line 2 has 50 tokens, over the limit of 10", "--long-inputs skip")
+    assert p.stdout == b""  # the whole run stops: no partial output
+    p = cw("translate", "--model", str(run["run"]), "--long-inputs", "drop", stdin="ab\n")
+    assert p.returncode == 2 and "--long-inputs" in p.stderr.decode()
+
+
+def test_translate_long_inputs_skip_keeps_lines_aligned_and_counts(run, tmp_path):
+    model = ("translate", "--model", str(run["run"]))
+    plain = cw(*model, stdin="abc\nhgfe\n").stdout.decode().splitlines()
+    lines = ["abc", "a" * 50, "", "hgfe", "b" * 11, "c" * 10]  # the run's data.max_src_len is 10
+    p = cw(*model, "--long-inputs", "skip", stdin="".join(x + "\n" for x in lines))
+    assert p.returncode == 0, p.stderr.decode()
+    out = p.stdout.decode().split("\n")
+    assert len(out) == 7 and out[:5] == [plain[0], "", "", plain[1], ""] and out[5] and out[6] == ""
+    assert ("translate: 2 inputs over the 10-token limit were skipped (lines 2, 5); their output lines are empty"
+            in p.stderr.decode())
+    (tmp_path / "in.txt").write_text("a" * 12 + "\nabc\n")  # one skipped, with --max-src-len and n-best output
+    p = cw(*model, "--input", str(tmp_path / "in.txt"), "--max-src-len", "11", "--long-inputs", "skip",
+           "decode.strategy=beam", "decode.beam_size=3", "decode.n_best=2")
+    assert p.returncode == 0, p.stderr.decode()
+    rows = [line.split("\t") for line in p.stdout.decode().splitlines()]
+    assert [r[:2] for r in rows] == [["1", "1"], ["2", "1"], ["2", "2"]] and rows[0][3] == ""  # as an empty input
+    assert ("translate: 1 input over the 11-token limit was skipped (line 1); its output line is empty"
+            in p.stderr.decode())
+    p = cw(*model, "--long-inputs", "skip", stdin="abc\n")
+    assert p.returncode == 0 and "skipped" not in p.stderr.decode()
 
 
 def test_evaluate_writes_a_report(run, tmp_path):
@@ -102,6 +127,16 @@ def test_evaluate_writes_a_report(run, tmp_path):
     assert {"wer", "per", "cer", "exact_match", "n"} <= set(report) and report["n"] > 0
     assert json.loads(p.stdout) == report
     assert len((tmp_path / "h.tsv").read_text().splitlines()) == report["n"]
+
+
+def test_evaluate_skips_and_counts_blank_lines(run, tmp_path):
+    rows = (run["dir"] / "valid.tsv").read_text().splitlines()
+    data = tmp_path / "blank.tsv"
+    data.write_text("\n" + "\n".join(rows[:10]) + "\n\n" + "\n".join(rows[10:]) + "\n")  # lines 1 and 12
+    p = cw("evaluate", "--model", str(run["run"]), "--data", str(data), "--report", str(tmp_path / "r.json"))
+    assert p.returncode == 0, p.stderr.decode()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["skipped_lines"] == 2 and report["n"] == len({r.split("\t")[0] for r in rows})
 
 
 def test_evaluate_and_translate_an_ensemble(served_runs, tmp_path):
@@ -139,7 +174,11 @@ def test_bad_inputs_are_clean_errors(run, tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("abc\tc b a\nabd\td b a\textra\n")
     assert_clean_error(cw("evaluate", "--model", str(run["run"]), "--data", str(bad)),
-                       "bad.tsv:2: expected 2 tab-separated fields, found 3")
+                       "bad.tsv:2: this line has 3 tab-separated fields, but 2 are expected, as on line 1")
+    bad.write_text("abc\n")
+    assert_clean_error(cw("train", str(run["cfg"]), f"data.train={bad}", f"train.out_dir={tmp_path / 'r1'}"),
+                       "bad.tsv:1: this line has 1 tab-separated field, but column 2 (data.tgt_col=1) needs at "
+                       "least 2")
     utf = tmp_path / "utf.tsv"
     utf.write_bytes(b"abc\tc b a\nab\xc3\tb a\n")
     assert_clean_error(cw("train", str(run["cfg"]), f"data.train={utf}", f"train.out_dir={tmp_path / 'r'}"),

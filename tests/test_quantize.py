@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from crossway import evaluate_file, load_checkpoint, quantize, train
-from tests.conftest import tiny_config
+from tests.conftest import REVERSAL_TRANSFORMER, tiny_config
 
 AGREEMENT, EM_DROP = 0.95, 0.02
 
@@ -28,13 +28,8 @@ def trained(tmp_path_factory):
     data = {"train": write_tsv(d / "train.tsv", reversal_rows(3000, seed=1)),
             "valid": write_tsv(d / "valid.tsv", reversal_rows(200, seed=2))}
     torch.manual_seed(0)
-    cfg = tiny_config(
-        data, d / "run",
-        model={"arch": "transformer", "d_model": 64, "heads": 4, "ff_dim": 128, "enc_layers": 2, "dec_layers": 2,
-               "dropout": 0.0},
-        train={"max_epochs": 40, "max_minutes": 0.75, "lr": 0.002, "warmup_steps": 50, "max_tokens": 600,
-               "patience": 8, "metric": "exact_match", "label_smoothing": 0.0})
-    train(cfg)
+    state = train(tiny_config(data, d / "run", **REVERSAL_TRANSFORMER))  # the run of test_end_to_end's Transformer
+    assert state.step == REVERSAL_TRANSFORMER["train"]["max_steps"], state.stop_reason
     return load_checkpoint(d / "run"), str(data["valid"])
 
 

@@ -26,22 +26,36 @@ from crossway.training.checkpoint import load_checkpoint
 from tests.servers import free_port, running, wait_ready
 
 
-class SlowEngine(Engine):
-    """The real model, plus a fixed delay per model call (to hold requests in flight)."""
+class HeldEngine(Engine):
+    """The real model, whose calls after the warm-up wait until `release` is set: requests stay in flight for
+    as long as a test needs, on a fast machine or a slow one."""
 
-    delay = 0.0
+    release: threading.Event
+    held = False
+
+    def warm_up(self):
+        super().warm_up()
+        self.held = True
 
     def translate(self, texts, cfg):
-        time.sleep(self.delay)
+        if self.held:
+            self.release.wait(60)
         return super().translate(texts, cfg)
 
 
-def slow_loader(run, delay):
+def held_loader(run, release: threading.Event):
     def load():
-        engine = SlowEngine.load(run)
-        engine.delay = delay
+        engine = HeldEngine.load(run)
+        engine.release = release
         return engine
     return load
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+    until = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < until, f"{what} did not happen within {timeout:g} s"
+        time.sleep(0.01)
 
 
 def error_of(r: httpx.Response, status: int) -> dict:
@@ -127,8 +141,9 @@ def test_oversized_body_is_413_before_it_is_read(rnn_server):
 
 
 def test_full_queue_is_429_at_once(served_runs):
-    app = create_app(slow_loader(served_runs["rnn"], 1.0), ServeConfig(max_queue=2, batch_wait_ms=0,
-                                                                       max_batch_inputs=1))
+    release = threading.Event()
+    app = create_app(held_loader(served_runs["rnn"], release), ServeConfig(max_queue=2, batch_wait_ms=0,
+                                                                           max_batch_inputs=1))
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)
         results = {}
@@ -139,25 +154,43 @@ def test_full_queue_is_429_at_once(served_runs):
         threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
-        time.sleep(0.3)
-        t0 = time.monotonic()
-        err = error_of(client.post("/v1/translate", json={"inputs": ["abc"]}), 429)
-        assert time.monotonic() - t0 < 0.5 and err["limit"] == 2
-        for t in threads:
-            t.join()
+        try:
+            pending = lambda: client.get("/v1/stats").json()["queue"]["pending"]  # noqa: E731
+            wait_until(lambda: pending() == 2, what="two requests queued or decoding")
+            t0 = time.monotonic()
+            err = error_of(client.post("/v1/translate", json={"inputs": ["abc"]}, timeout=10), 429)
+            # at once (milliseconds): a request that waited for a slot would wait until the model is released
+            assert time.monotonic() - t0 < 2.0 and err["limit"] == 2
+        finally:
+            release.set()
+            for t in threads:
+                t.join(60)
         assert results == {0: 200, 1: 200}
 
 
 def test_deadline_is_504_and_frees_the_slot(served_runs):
-    app = create_app(slow_loader(served_runs["rnn"], 1.0), ServeConfig(max_queue=1, batch_wait_ms=0))
+    release = threading.Event()
+    app = create_app(held_loader(served_runs["rnn"], release), ServeConfig(max_queue=1, batch_wait_ms=0))
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)
-        t0 = time.monotonic()
-        err = error_of(client.post("/v1/translate", json={"inputs": ["abc"], "timeout_s": 0.2}), 504)
-        assert 0.15 < time.monotonic() - t0 < 0.9 and err["code"] == "deadline_exceeded"
-        assert client.get("/v1/stats").json()["queue"]["pending"] == 0
-        # the freed slot takes the next request (the queue holds one), which waits for the model and succeeds
-        assert client.post("/v1/translate", json={"inputs": ["abc"]}).status_code == 200
+        try:
+            t0 = time.monotonic()
+            err = error_of(client.post("/v1/translate", json={"inputs": ["abc"], "timeout_s": 0.2}, timeout=10), 504)
+            # not before the deadline, and not from the model: held, it answers nothing until released
+            assert 0.15 < time.monotonic() - t0 < 5.0 and err["code"] == "deadline_exceeded"
+            assert client.get("/v1/stats").json()["queue"]["pending"] == 0
+            # the freed slot takes the next request (the queue holds one), which waits for the model and succeeds
+            result = {}
+            t = threading.Thread(target=lambda: result.update(
+                status=client.post("/v1/translate", json={"inputs": ["abc"]}).status_code))
+            t.start()
+            wait_until(lambda: client.get("/v1/stats").json()["queue"]["pending"] == 1 or result,
+                       what="the next request queued")
+            assert not result, result  # (not refused: the model is still held)
+        finally:
+            release.set()
+        t.join(60)
+        assert result == {"status": 200}
 
 
 def test_ready_is_503_while_loading_then_200(served_runs):
@@ -274,7 +307,9 @@ def _serve_process(run, port: int, *extra: str) -> subprocess.Popen:
 
 def test_sigterm_drains_in_flight_requests_then_exits(served_runs):
     port = free_port()
-    proc = _serve_process(served_runs["transformer"], port, "--max-batch-inputs", "1", "--batch-wait-ms", "0")
+    # generous limits (drain, client, join): ten slow requests one after another take a while on a slow machine
+    proc = _serve_process(served_runs["transformer"], port, "--max-batch-inputs", "1", "--batch-wait-ms", "0",
+                          "--drain-timeout", "600")
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -293,27 +328,27 @@ def test_sigterm_drains_in_flight_requests_then_exits(served_runs):
             statuses: dict[int, int] = {}
 
             def call(i):
-                with httpx.Client(base_url=url, timeout=60) as c:
+                with httpx.Client(base_url=url, timeout=600) as c:
                     statuses[i] = c.post("/v1/translate", json=slow).status_code
 
             threads = [threading.Thread(target=call, args=(i,)) for i in range(10)]
             for t in threads:
                 t.start()
-            until = time.monotonic() + 10
+            until = time.monotonic() + 60
             while client.get("/v1/stats").json()["inflight"] < 10 and time.monotonic() < until:
                 time.sleep(0.01)
             stats = client.get("/v1/stats").json()
             assert stats["inflight"] == 10 and stats["queue"]["completed"] == 0, stats
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
+            wait_until(lambda: client.get("/health/ready").status_code == 503, what="draining after SIGTERM")
             r = client.get("/health/ready")
-            assert r.status_code == 503 and r.json()["status"] == "draining"
+            assert r.json()["status"] == "draining" and client.get("/v1/stats").json()["queue"]["completed"] < 10
             assert error_of(client.post("/v1/translate", json={"inputs": ["abc"]}), 503)["code"] == \
                 "not_ready_draining"
             for t in threads:
-                t.join(60)
+                t.join(600)
         assert statuses == {i: 200 for i in range(10)}
-        proc.wait(30)
+        proc.wait(60)
         with pytest.raises(httpx.TransportError):
             httpx.get(url + "/health/live", timeout=2)
     finally:

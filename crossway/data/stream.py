@@ -20,21 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from crossway.data.batching import token_budget_batches
-from crossway.data.text import Example, Pair, SkipReport
+from crossway.data.text import Example, Pair, SkipReport, encode_pair
 from crossway.data.tokenizers import TextCodec
 from crossway.errors import ConfigError
-
-
-def _encode(p: Pair, src: TextCodec, tgt: TextCodec, max_src: int, max_tgt: int) -> Example | str:
-    """The example, or why it is skipped."""
-    s, t = src.encode(p.src), tgt.encode(p.tgt)
-    if not s or not t:
-        return "empty source or target"
-    if len(s) > max_src:
-        return f"source longer than {max_src} tokens"
-    if len(t) > max_tgt:
-        return f"target longer than {max_tgt} tokens"
-    return Example(s, t, p.line)
 
 
 @dataclass
@@ -59,7 +47,7 @@ class StreamingCorpus:
         for path in paths:
             report = SkipReport(path)
             for p in read(path):
-                ex = _encode(p, src, tgt, max_src_len, max_tgt_len)
+                ex = encode_pair(p, src, tgt, max_src_len, max_tgt_len)
                 if isinstance(ex, str):
                     report.skip(ex, p.line)
                 else:
@@ -90,7 +78,7 @@ class StreamingCorpus:
 
     def _usable(self, path: str) -> Iterator[Example]:
         for p in self.read(path):
-            ex = _encode(p, self.src, self.tgt, self.max_src_len, self.max_tgt_len)
+            ex = encode_pair(p, self.src, self.tgt, self.max_src_len, self.max_tgt_len)
             if not isinstance(ex, str):
                 yield ex
 

@@ -96,31 +96,59 @@ def _column_index(col: str, header: list[str] | None, path: Path) -> int:
     return header.index(col)
 
 
+def _fields(n: int) -> str:
+    return f"{n} tab-separated field{'s' if n != 1 else ''}"
+
+
+def _check_width(fields: list[str], cols: dict[str, tuple[str, int]], path: Path, line: int) -> None:
+    """The first line read (the header, or the first non-blank line) must hold every requested column."""
+    name, (col, i) = max(cols.items(), key=lambda kv: kv[1][1])
+    if i >= len(fields):
+        raise DataError(f"{path}:{line}: this line has {_fields(len(fields))}, but column {i + 1} "
+                        f"(data.{name}_col={col}) needs at least {i + 1}")
+
+
+def is_blank(line: str) -> bool:
+    """A line with nothing but whitespace (tabs included): no example, skipped and counted as an empty one."""
+    return not line.strip()
+
+
 def read_tsv(path: str | Path, src_col: str = "0", tgt_col: str = "1", header: bool = False) -> list[Pair]:
     """Pairs from a tab-separated file. Columns are 0-based indices ("0") or header names ("en")."""
     return list(iter_tsv(path, src_col, tgt_col, header))
 
 
 def iter_tsv(path: str | Path, src_col: str = "0", tgt_col: str = "1", header: bool = False) -> Iterator[Pair]:
-    """read_tsv, one pair at a time."""
+    """read_tsv, one pair at a time. Every line has as many fields as the header or, without one, the first
+    non-blank line. A blank line gives an empty pair (src = tgt = ""), which encoding skips and counts."""
     path = Path(path)
-    lines = iter_lines(path)
-    first = next(lines, None)
-    if first is None:
-        if header:
+    lines = enumerate(iter_lines(path), start=1)
+    names, width, model_line = None, 0, 0
+    if header:
+        first = next(lines, None)
+        if first is None:
             raise DataError(f"{path}: the file is empty, but a header line was expected (data.header)")
-        return
-    names = first.split("\t") if header else None
-    start = 1 if header else 0
-    width = len(first.split("\t"))
-    si, ti = _column_index(str(src_col), names, path), _column_index(str(tgt_col), names, path)
-    if max(si, ti) >= width:
-        raise DataError(f"{path}:{start + 1}: column {max(si, ti)} requested, but lines have {width} fields")
-    body = lines if header else itertools.chain([first], lines)
-    for n, line in enumerate(body, start=start + 1):
+        if is_blank(first[1]):
+            raise DataError(f"{path}:1: the header line is blank, but data.header=true reads the column names "
+                            "from the first line")
+        names = first[1].split("\t")
+    cols = {"src": (str(src_col), _column_index(str(src_col), names, path)),
+            "tgt": (str(tgt_col), _column_index(str(tgt_col), names, path))}
+    if names is not None:
+        _check_width(names, cols, path, 1)
+        width, model_line = len(names), 1
+    si, ti = cols["src"][1], cols["tgt"][1]
+    for n, line in lines:
+        if is_blank(line):
+            yield Pair("", "", n)
+            continue
         fields = line.split("\t")
-        if len(fields) != width:
-            raise DataError(f"{path}:{n}: expected {width} tab-separated fields, found {len(fields)}")
+        if not width:
+            _check_width(fields, cols, path, n)
+            width, model_line = len(fields), n
+        elif len(fields) != width:
+            like = "in the header (line 1)" if names is not None else f"on line {model_line} (the first with data)"
+            raise DataError(f"{path}:{n}: this line has {_fields(len(fields))}, but {width} are expected, as {like}")
         yield Pair(fields[si], fields[ti], n)
 
 
@@ -143,21 +171,46 @@ def _count_lines(path: str | Path) -> int:
     return sum(1 for _ in iter_lines(path))
 
 
+EMPTY = "empty source or target"  # the skip reason of empty pairs and blank lines
+
+
+def encode_pair(p: Pair, src: TextCodec, tgt: TextCodec, max_src_len: int, max_tgt_len: int) -> Example | str:
+    """The pair's token ids, or why it is skipped (a blank line has no tokens: it is an empty pair)."""
+    s, t = src.encode(p.src), tgt.encode(p.tgt)
+    if not s or not t:
+        return EMPTY
+    if len(s) > max_src_len:
+        return f"source longer than {max_src_len} tokens"
+    if len(t) > max_tgt_len:
+        return f"target longer than {max_tgt_len} tokens"
+    return Example(s, t, p.line)
+
+
 def encode_pairs(pairs: list[Pair], src: TextCodec, tgt: TextCodec, max_src_len: int, max_tgt_len: int,
                  path: str) -> tuple[list[Example], SkipReport]:
-    """Token ids for each pair. Empty and over-long pairs are skipped and counted in the report."""
+    """Token ids for each pair. Empty (blank lines included) and over-long pairs are skipped and counted."""
     report = SkipReport(path)
     out = []
     for p in pairs:
-        s, t = src.encode(p.src), tgt.encode(p.tgt)
-        if not s or not t:
-            report.skip("empty source or target", p.line)
-        elif len(s) > max_src_len:
-            report.skip(f"source longer than {max_src_len} tokens", p.line)
-        elif len(t) > max_tgt_len:
-            report.skip(f"target longer than {max_tgt_len} tokens", p.line)
+        ex = encode_pair(p, src, tgt, max_src_len, max_tgt_len)
+        if isinstance(ex, str):
+            report.skip(ex, p.line)
         else:
-            out.append(Example(s, t, p.line))
+            out.append(ex)
+    report.kept = len(out)
+    return out, report
+
+
+def drop_empty(pairs: list[Pair], src: TextCodec, tgt: TextCodec, path: str) -> tuple[list[Pair], SkipReport]:
+    """The pairs whose source and target both have tokens, for evaluation (no length limit); blank lines and
+    other empty pairs are counted in the report, as in training."""
+    report = SkipReport(path)
+    out = []
+    for p in pairs:
+        if src.encode(p.src) and tgt.encode(p.tgt):
+            out.append(p)
+        else:
+            report.skip(EMPTY, p.line)
     report.kept = len(out)
     return out, report
 

@@ -72,6 +72,15 @@ def test_skipped_lines_are_counted_at_scan_time(tmp_path):
     assert report.kept == 2 and sum(report.skipped.values()) == 2 and len(c) == 2
 
 
+def test_blank_lines_are_skipped_and_counted_at_scan_time_and_never_streamed(tmp_path):
+    path = tmp_path / "a.tsv"
+    path.write_text("\nabc\tc b a\n \nab\tb a\n\n")  # blank first line, blank lines in the middle and at the end
+    c, (report,) = corpus([path])
+    assert report.kept == 2 and report.skipped == {"empty source or target": 3}
+    assert report.first_lines == {"empty source or target": [1, 3, 5]}
+    assert sorted(e.line for b in c.batches(0, 100, 10, seed=1) for e in b) == [2, 4]
+
+
 def test_training_on_a_stream_of_two_weighted_corpora_and_exact_resume(reversal_data, tmp_path):
     extra = write_tsv(tmp_path / "extra.tsv", reversal_rows(500, seed=9))
 
