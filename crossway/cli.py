@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     av.add_argument("--out", required=True, help="output checkpoint directory (e.g. RUN/averaged)")
     av.set_defaults(func=_average)
 
-    sv = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn; pip install crossway[serve])")
+    sv = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn; pip install crossway[serve]): "
+                                      "POST /v1/translate for a text run, POST /v1/segment for a segmentation run")
     sv.add_argument("--model", required=True, help="run directory (or a checkpoint directory)")
     sv.add_argument("--checkpoint", default="best", choices=["best", "last"])
     sv.add_argument("--host", default="127.0.0.1")
@@ -125,7 +126,13 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=64, help="requests queued or decoding; 429 beyond")
     sv.add_argument("--max-inputs", type=int, default=64, help="inputs per request")
     sv.add_argument("--max-input-tokens", type=int, default=0, help="tokens per input (default: data.max_src_len)")
-    sv.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    sv.add_argument("--max-body-bytes", type=int, default=1_000_000, help="JSON request bodies (413 above)")
+    sv.add_argument("--max-image-bytes", type=int, default=20_000_000, help="segmentation: image bodies (413 above)")
+    sv.add_argument("--max-image-pixels", type=int, default=16_777_216,
+                    help="segmentation: declared width x height (413 above, checked before decoding)")
+    sv.add_argument("--tile", type=int, default=512, help="segmentation: the largest window segmented at once; "
+                                                         "larger images go in overlapping tiles (0 = whole images)")
+    sv.add_argument("--overlap", type=int, default=32, help="segmentation: default tile overlap (at most tile / 2)")
     sv.add_argument("--max-batch-inputs", type=int, default=64, help="inputs decoded in one model call")
     sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch")
     sv.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in seconds (504 after it)")
@@ -136,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
                                                  "them), e.g. decode.strategy=beam decode.beam_size=5 decode.n_best=5")
     sv.set_defaults(func=_serve)
 
-    pl = sub.add_parser("plot", help="PNG plots: attention heatmaps and training curves").add_subparsers(
+    pl = sub.add_parser("plot", help="PNG plots: attention heatmaps, segmentations and gate maps, training "
+                                     "curves").add_subparsers(
         metavar="WHAT")
     pa = pl.add_parser("attention", help="cross-attention heatmap of one translation")
     _model_args(pa)
@@ -145,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--head", type=int, help="attention head, 1-based (Transformer; default: mean of the heads)")
     pa.add_argument("--out", default="attention.png")
     pa.set_defaults(func=_plot_attention)
+    ps = pl.add_parser("segmentation", help="an image, its predicted classes over it and, for an Attention U-Net, "
+                                            "the attention gates' maps")
+    ps.add_argument("--model", required=True, help="segmentation run or checkpoint directory")
+    ps.add_argument("--image", required=True)
+    ps.add_argument("--out", default="segmentation.png")
+    _tile_args(ps)
+    ps.set_defaults(func=_plot_segmentation)
     pc = pl.add_parser("curves", help="training and validation curves from RUN/metrics.jsonl")
     pc.add_argument("run")
     pc.add_argument("--out", help="PNG path (default: RUN/curves.png)")
@@ -192,9 +207,13 @@ def _rescore_args(p: argparse.ArgumentParser) -> None:
                    help="weights of the searching model's and each rescorer's log-probabilities (default: all 1)")
 
 
-def _load(args) -> cw.LoadedModel:
+def _load(args, task: str | None = "text") -> cw.LoadedModel:
+    """The --model run(s); with `task`, a run of another task is an error that says which command takes it."""
     cw.set_threads(args.threads)
     loaded = cw.load_models(args.model, args.checkpoint)
+    if task is not None and loaded.config.task != task:
+        raise cw.ConfigError(f"{loaded.path} is a {loaded.config.task} run; this command takes {task} runs "
+                             f"(segmentation runs: crossway segment, crossway evaluate)")
     return dataclasses.replace(loaded, model=cw.quantize(loaded.model, args.quantize))
 
 
@@ -283,7 +302,7 @@ def _translate(args) -> None:
 
 def _evaluate(args) -> None:
     if args.model and args.data and not args.score:
-        loaded = _load(args)
+        loaded = _load(args, task=None)
         return EVALUATE[loaded.config.task](args, loaded)
     if args.score:
         if not args.ref or args.model or args.data:
@@ -354,7 +373,9 @@ def _serve(args) -> None:
                           batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout,
                           drain_timeout_s=args.drain_timeout, checkpoint=args.checkpoint, quantize=args.quantize,
                           decode=tuple(args.overrides), rescore=tuple(args.rescore),
-                          rescore_weights=None if weights is None else tuple(weights))
+                          rescore_weights=None if weights is None else tuple(weights),
+                          max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels,
+                          tile=args.tile, overlap=args.overlap)
     except ValueError as e:  # a limit out of range, weights that do not match the models
         raise cw.ConfigError(str(e)) from None
     serve(args.model, cfg, log_level=args.log_level)
@@ -367,6 +388,14 @@ def _plot_attention(args) -> None:
     cfg = _decode_cfg(args, loaded)
     path = plot_attention(loaded, args.text, args.out, cfg, layer=args.layer, head=args.head)
     print(f"attention heatmap written to {path}", file=sys.stderr)
+
+
+def _plot_segmentation(args) -> None:
+    from crossway.plots import plot_segmentation
+
+    loaded = cw.load_checkpoint(args.model)
+    path = plot_segmentation(loaded, args.image, args.out, cw.TileConfig(tile=args.tile, overlap=args.overlap))
+    print(f"segmentation plot written to {path}", file=sys.stderr)
 
 
 def _plot_curves(args) -> None:

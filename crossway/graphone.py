@@ -359,8 +359,14 @@ def train_graphone(pairs: Sequence[Pair], cfg: GraphoneConfig | None = None, log
 
 def train_graphone_file(path: str | Path, out_dir: str | Path, cfg: GraphoneConfig | None = None,
                         log=print) -> GraphoneModel:
-    """Train on a TSV file (source<TAB>target per line) and save the model in out_dir (load_graphone(out_dir))."""
-    model = train_graphone(read_tsv(path), cfg, log)
+    """Train on a TSV file (source<TAB>target per line) and save the model in out_dir (load_graphone(out_dir)).
+    Blank lines and pairs with an empty side are left out and counted in the log."""
+    pairs = read_tsv(path)
+    kept = [p for p in pairs if p.src.strip() and p.tgt.strip()]
+    if len(kept) < len(pairs):
+        empty = [p.line for p in pairs if not (p.src.strip() and p.tgt.strip())]
+        log(f"{path}: {len(empty)} blank or empty lines left out (first at line {', '.join(map(str, empty[:5]))})")
+    model = train_graphone(kept, cfg, log)
     model.path = model.save(out_dir)
     return model
 

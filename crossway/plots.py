@@ -1,4 +1,5 @@
-"""PNG plots: the cross-attention of one translation, and a run's training and validation curves.
+"""PNG plots: the cross-attention of one translation, a segmentation with its attention gates, and a run's
+training and validation curves.
 
 Needs matplotlib (pip install crossway[plot]); it is imported when a plot is made, not with crossway.
 """
@@ -71,6 +72,47 @@ def plot_attention(loaded: LoadedModel, text: str, out: str | Path, cfg: DecodeC
     return out
 
 
+CURVES = ("wer", "per", "cer", "dice", "iou", "boundary_f1")  # validation metrics drawn as percentages
+
+
+def plot_segmentation(loaded: LoadedModel, image_path: str | Path, out: str | Path, tiles=None) -> Path:
+    """The image, its predicted classes over it and, for an Attention U-Net, each attention gate's map
+    (fine to coarse, upsampled to the image) side by side."""
+    import numpy as np
+
+    from crossway.data.images import load_image
+    from crossway.segment import PALETTE, TileConfig, gate_maps, overlay, segment_image
+
+    image = load_image(image_path, loaded.src.channels)
+    mask = segment_image(loaded.model, image, tiles or TileConfig())
+    gates = gate_maps(loaded.model, image) if getattr(loaded.config.model, "attention_gates", False) else []
+    plt = _pyplot()
+    n = 2 + len(gates)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6))
+    rgb = image.expand(3, -1, -1) if image.size(0) == 1 else image
+    axes[0].imshow(rgb.permute(1, 2, 0).numpy())
+    axes[0].set_title(Path(image_path).name, fontsize=9)
+    axes[1].imshow(overlay(image, mask))
+    present = [int(k) for k in mask.unique() if int(k) > 0]
+    names = ", ".join(loaded.tgt.names[k] for k in present) or "background only"
+    axes[1].set_title(f"classes: {names}", fontsize=8)
+    for i, g in enumerate(gates):
+        im = axes[2 + i].imshow(g.numpy(), vmin=0, vmax=1, cmap="magma")
+        axes[2 + i].set_title(f"gate, level {i} (1/{2 ** i} scale)", fontsize=9)
+        fig.colorbar(im, ax=axes[2 + i], fraction=0.046)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=np.array(PALETTE[k % len(PALETTE)]) / 255) for k in present]
+    if handles:
+        axes[1].legend(handles, [loaded.tgt.names[k] for k in present], fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def read_metrics(run: str | Path) -> list[dict]:
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
@@ -98,15 +140,16 @@ def plot_curves(run: str | Path, out: str | Path | None = None) -> Path:
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
     if valid:
         ax_loss.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="valid loss", ms=3)
-        for name in ("wer", "per", "cer"):
+        for name in CURVES:  # the error rates of text runs, the overlap scores of segmentation runs
             if all(name in r for r in valid):
-                ax_err.plot([r["step"] for r in valid], [100 * r[name] for r in valid], "o-", label=name.upper(),
-                            ms=3)
+                ax_err.plot([r["step"] for r in valid], [100 * r[name] for r in valid], "o-",
+                            label=name.upper().replace("_", " "), ms=3)
+    unit = next((r[k] for r in records if r.get("type") == "start" for k in ("task",) if k in r), "text")
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss (nats per token)")
+    ax_loss.set_ylabel("loss (per image)" if unit == "segmentation" else "loss (nats per token)")
     ax_loss.legend()
     ax_err.set_xlabel("step")
-    ax_err.set_ylabel("validation error rate (%)")
+    ax_err.set_ylabel("validation score (%)" if unit == "segmentation" else "validation error rate (%)")
     if ax_err.lines:
         ax_err.legend()
     fig.suptitle(str(run), fontsize=10)

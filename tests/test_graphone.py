@@ -119,3 +119,15 @@ def test_search_reads_words_alone(model):
     assert [s for _, s in feeps] == sorted((s for _, s in feeps), reverse=True)
     assert zee[0][0] == "IY"  # "z" starts no unit: read as an unseen unit with no output
     assert empty[0][0] == ""
+
+
+def test_blank_lines_of_a_training_file_are_left_out_and_counted(tmp_path):
+    from crossway.graphone import train_graphone_file
+
+    lines = [f"{w}\t{reading(w)}" for w in WORDS]
+    lines[3:3] = ["", "\t"]
+    (tmp_path / "t.tsv").write_text("\n".join(lines) + "\n")
+    said = []
+    m = train_graphone_file(tmp_path / "t.tsv", tmp_path / "g", GraphoneConfig(order=3, iterations=5), said.append)
+    assert any("2 blank or empty lines left out (first at line 4, 5)" in s for s in said)
+    assert math.isfinite(m.score_texts(["phone"], ["F O N E"])[0])

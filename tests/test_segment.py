@@ -68,3 +68,24 @@ def test_data_shapes_command_and_clear_errors(tmp_path, capsys):
     assert "size >= 8" in capsys.readouterr().err
     (tmp_path / "s" / "valid" / "masks" / "00000.png").unlink()
     assert main(["evaluate", "--model", "nowhere", "--data", str(tmp_path / "s" / "valid")]) == 2
+
+
+def test_text_commands_refuse_a_segmentation_run(seg_run, capsys):
+    assert main(["translate", "--model", str(seg_run / "run"), "--input", str(seg_run / "train" / "classes.txt")]) == 2
+    assert "is a segmentation run; this command takes text runs" in capsys.readouterr().err
+
+
+def test_plot_segmentation_and_gate_maps(seg_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from crossway.models.unet import UNetConfig, build_unet
+    from crossway.segment import gate_maps
+
+    image = sorted((seg_run / "valid" / "images").iterdir())[0]
+    assert main(["plot", "segmentation", "--model", str(seg_run / "run"), "--image", str(image), "--out",
+                 str(tmp_path / "s.png")]) == 0
+    assert Image.open(tmp_path / "s.png").size[0] > 200
+    gated = build_unet(UNetConfig(depth=3, base_channels=4, attention_gates=True), 3, 3)
+    maps = gate_maps(gated, torch.randint(0, 256, (3, 21, 30), dtype=torch.uint8))
+    assert len(maps) == 3 and all(m.shape == (21, 30) and 0 <= m.min() <= m.max() <= 1 for m in maps)
+    plain = build_unet(UNetConfig(depth=2, base_channels=4), 3, 3)
+    assert gate_maps(plain, torch.zeros(3, 8, 8, dtype=torch.uint8)) == []
