@@ -24,7 +24,8 @@ from crossway.cli import main
 from crossway.data.images import load_image
 from crossway.errors import ConfigError
 from crossway.segment import PALETTE, gate_maps, overlay
-from crossway.server import Engine, SegmentEngine, ServeConfig, create_app, load_engine
+from crossway.server import Engine, ServeConfig, create_app, load_engine
+from crossway.server_segment import SegmentEngine
 from tests.servers import running, train_run, wait_ready
 from tests.tasks.test_segmentation import seg_config, write_easy_set
 

@@ -9,24 +9,25 @@ pads masks with it.
 
 Masks are never resized except by nearest neighbour inside `augment`, and every problem (a missing or unreadable
 file, a size mismatch, a class id beyond the classes, a decompression bomb) is a DataError naming the file.
-EXIF orientation is not applied: images are read in their stored pixel grid, as their masks are.
+EXIF orientation is not applied: images are read in their stored pixel grid, as their masks are. Every image,
+a file or bytes (the server's requests), is opened by `open_image`: PNG, JPEG, TIFF and BMP only.
 """
 
 from __future__ import annotations
 
+import io
 import random
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from crossway.data.text import read_lines
@@ -40,7 +41,9 @@ MAX_PIXELS = 50_000_000  # larger declared sizes are refused before decoding (de
 MAX_PROBLEMS = 20  # problems listed in one DataError; the rest are counted
 IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr")  # 8 bits per channel
 MASK_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")  # one value per pixel
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # the only decoders Pillow may try (EPS, say, runs Ghostscript)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)  # what PIL raises on bad files
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,42 +110,81 @@ def read_classes(path: str | Path) -> list[str]:
     return names
 
 
-@contextmanager
-def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
-    """An image file opened and fully decoded, its declared size checked before decoding (decompression bombs)."""
+class ImageTooLarge(DataError):
+    """An image whose header declares more than the allowed pixels, refused before any pixel is decoded."""
+
+    def __init__(self, message: str, *, limit: int, width: int | None = None, height: int | None = None):
+        super().__init__(message)
+        self.limit, self.width, self.height = limit, width, height  # the size, when the header could say it
+
+
+class UnsupportedImageMode(DataError):
+    """A readable image whose pixels crossway does not read (16-bit, 32-bit or float; a mask of colours)."""
+
+
+def open_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS, *, decode: bool = True) -> Image.Image:
+    """An image file, or an image's bytes, opened: a PNG, JPEG, TIFF or BMP by content (Pillow tries no other
+    decoder, whatever the name says: an EPS file named .png never reaches Ghostscript), its declared width x height
+    checked against `max_pixels` before any pixel is decoded (ImageTooLarge: a decompression bomb costs a header
+    parse), then decoded, unless `decode` is False (the header alone: size, mode, format). Every other problem is
+    a DataError naming the file ("image data" for bytes). Use it as `with open_image(...) as im:`."""
+    data = isinstance(source, bytes)
+    where = "image data: " if data else f"{source}: "
     try:
-        nbytes = path.stat().st_size
+        nbytes = len(source) if data else Path(source).stat().st_size
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+        raise DataError(f"{where}cannot read ({e.strerror})") from None
     if nbytes == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
+        raise DataError(f"{where}empty {'' if data else 'file '}(0 bytes)")
     try:
-        with warnings.catch_warnings():  # PIL warns above its own limit; ours (max_pixels) decides
+        with warnings.catch_warnings():  # Pillow warns above its own limit; ours (max_pixels) decides
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: declared size too large to decode safely ({e})") from None
-    except _DECODE_ERRORS as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
-    with im:
+            im = Image.open(io.BytesIO(source) if data else source, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as e:  # over twice Pillow's own limit, refused by Pillow itself
+        raise ImageTooLarge(f"{where}declared size too large to decode safely (the limit is {max_pixels:,} "
+                            f"pixels); refused before decoding ({e})", limit=max_pixels) from None
+    except _DECODE_ERRORS as e:  # a header Pillow cannot parse is an UnidentifiedImageError
+        raise DataError(f"{where}not a readable image: {_unreadable(source, nbytes, e)}") from None
+    try:
         w, h = im.size
         if w * h > max_pixels:
-            raise DataError(f"{path}: declares {w}x{h} pixels (W x H, {w * h:,} in all), over the limit of "
-                            f"{max_pixels:,}; refused before decoding (a decompression bomb?)")
-        try:
-            im.load()
-        except _DECODE_ERRORS as e:
-            raise DataError(f"{path}: truncated or corrupt image ({e})") from None
-        yield im
+            raise ImageTooLarge(f"{where}declares {w}x{h} pixels (W x H, {w * h:,} in all), over the limit of "
+                                f"{max_pixels:,}; refused before decoding (a decompression bomb?)",
+                                limit=max_pixels, width=w, height=h)
+        if w == 0 or h == 0:
+            raise DataError(f"{where}declares {w}x{h} pixels: an empty image")
+        if decode:
+            try:
+                im.load()
+            except _DECODE_ERRORS as e:  # a file's name says its format; bytes say it only in their header
+                raise DataError(f"{where}truncated or corrupt {f'{im.format} ' if data else ''}image ({e})") from None
+    except BaseException:
+        im.close()
+        raise
+    return im
 
 
-def load_image(path: str | Path, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Tensor:
-    """An 8-bit image as (C, H, W) uint8, converted to grayscale (C=1) or RGB (C=3); alpha is dropped."""
-    path = Path(path)
-    with _opened(path, max_pixels) as im:
+def _unreadable(source: str | Path | bytes, nbytes: int, e: Exception) -> str:
+    """Why Pillow could not read the header, from the format the first bytes announce (if any)."""
+    try:
+        with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as f:
+            head = f.read(8)
+    except OSError:  # the file went away or is not ours to read: Pillow's error says which
+        return str(e)
+    fmt = next((f for magic, f in _MAGIC.items() if head.startswith(magic)), "")
+    what = (f"it starts like a {fmt} image, but its header is truncated or corrupt ({nbytes:,} bytes)" if fmt
+            else f"not a PNG, JPEG, TIFF or BMP image ({nbytes:,} bytes starting {head!r})")
+    return what if isinstance(e, UnidentifiedImageError) else f"{what} ({e})"
+
+
+def load_image(source: str | Path | bytes, channels: int = 3, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """An 8-bit image, a file or its bytes (opened by open_image), as (C, H, W) uint8, converted to grayscale
+    (C=1) or RGB (C=3); alpha is dropped."""
+    with open_image(source, max_pixels) as im:
         if im.mode not in IMAGE_MODES:
-            raise DataError(f"{path}: image mode {im.mode} is not supported (16-bit, 32-bit and float images are "
-                            f"not); use 8-bit grayscale, RGB(A) or palette images")
+            name = "image data" if isinstance(source, bytes) else source
+            raise UnsupportedImageMode(f"{name}: image mode {im.mode} is not supported (16-bit, 32-bit and float "
+                                       f"images are not); use 8-bit grayscale, RGB(A) or palette images")
         arr = np.array(im.convert("L" if channels == 1 else "RGB"))  # (H, W) or (H, W, 3)
     arr = arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))  # (C, H, W)
     return torch.from_numpy(arr)
@@ -155,12 +197,11 @@ def load_mask(path: str | Path, num_classes: int | None = None, max_pixels: int 
     Ids must be below `num_classes` (None: below IGNORE_INDEX); IGNORE_INDEX itself is allowed and means "skip".
     `classes_source` names where the class count came from, for the error message.
     """
-    path = Path(path)
-    with _opened(path, max_pixels) as im:
+    with open_image(path, max_pixels) as im:
         if im.mode not in MASK_MODES:
-            raise DataError(f"{path}: mask mode {im.mode} with {len(im.getbands())} channel(s); masks must be "
-                            f"single-channel class ids (8- or 16-bit grayscale) or a palette PNG (mode P), "
-                            f"not colours (map each colour to its class id first)")
+            raise UnsupportedImageMode(f"{path}: mask mode {im.mode} with {len(im.getbands())} channel(s); masks "
+                                       f"must be single-channel class ids (8- or 16-bit grayscale) or a palette "
+                                       f"PNG (mode P), not colours (map each colour to its class id first)")
         arr = np.array(im)  # P: palette indices; L/1/I/I;16: values
     limit = IGNORE_INDEX if num_classes is None else num_classes
     bad = (arr >= limit) & (arr != IGNORE_INDEX)
