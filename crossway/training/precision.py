@@ -4,8 +4,8 @@ a gradient scaler.
 fp32 does nothing; bf16 autocasts matmuls to bfloat16 on CPU or GPU (no scaler: bf16 has fp32's range);
 fp16 autocasts to float16 on a GPU and scales the loss so small gradients do not underflow. `auto` (the
 default) picks bf16 where the hardware runs it natively (a GPU with bf16; a CPU with AMX or AVX512-BF16, or an
-Arm CPU with BF16) and fp32 elsewhere: on a CPU without those instructions bf16 is emulated, about 20 times
-slower than fp32 for the Bible Transformer on an AVX2-only AMD EPYC (docs/results.md).
+Arm CPU with BF16) and fp32 elsewhere. On a CPU without those instructions bf16 is emulated: on an AVX2-only
+AMD EPYC the Bible Transformer trained 16 times slower than in fp32, the G2P LSTM 3.7 times (docs/results.md).
 
 On such a CPU an explicit bf16 still trains, but oneDNN has no bf16 LSTM kernel there ("could not create a
 primitive descriptor for the LSTM forward propagation primitive"), so `Precision.prepare` runs every LSTM in
@@ -61,7 +61,7 @@ def _cpu_native_bf16() -> tuple[bool, str]:
         return True, f"the CPU has {' and '.join(found)}"
     if not flags:
         return False, "the CPU's features are unknown here"
-    return False, f"the CPU has no {' or '.join(wanted) or 'bf16 instructions'} (bf16 would be emulated)"
+    return False, f"the CPU has no {' or '.join(wanted) or 'bf16 instructions'}"
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:
@@ -105,7 +105,8 @@ class Precision:
     def describe(self) -> str:
         c = self.choice
         if c.requested == "auto":
-            return f"precision: {c.kind} (auto: {c.reason})"
+            emulated = "" if c.kind == "bf16" or self.device.type != "cpu" else ", so bf16 would be emulated"
+            return f"precision: {c.kind} (auto: {c.reason}{emulated})"
         if not c.native:
             return f"precision: {c.kind} (emulated: {c.reason}; LSTMs run in fp32)"
         return f"precision: {c.kind}"
@@ -114,8 +115,8 @@ class Precision:
         """Make `model` trainable under this precision: with bf16 on a CPU that emulates it, warn once and run
         LSTMs in fp32 (oneDNN has no emulated bf16 LSTM)."""
         if self.dtype is torch.bfloat16 and self.device.type == "cpu" and not self.choice.native:
-            warnings.warn(f"train.precision=bf16: {self.choice.reason}, so training will be much slower than "
-                          "in fp32 (train.precision=auto picks fp32 here)", stacklevel=3)
+            warnings.warn(f"train.precision=bf16: {self.choice.reason}, so bf16 is emulated and training will be "
+                          "much slower than in fp32 (train.precision=auto picks fp32 here)", stacklevel=3)
             for m in model.modules():
                 if isinstance(m, nn.LSTM) and not getattr(m, "_crossway_fp32", False):
                     m.forward = _fp32(m.forward)

@@ -63,7 +63,7 @@ def test_explicit_bf16_trains_an_lstm_on_a_cpu_without_native_bf16(reversal_data
 def test_auto_is_logged_with_its_reason(reversal_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(FORCE_ENV, "0")
     train(tiny_config(reversal_data, tmp_path / "r", train={"max_steps": 2}))
-    assert "precision: fp32 (auto: CROSSWAY_NATIVE_BF16=0)" in capsys.readouterr().out
+    assert "precision: fp32 (auto: CROSSWAY_NATIVE_BF16=0, so bf16 would be emulated)" in capsys.readouterr().out
     start = next(r for r in map(json.loads, (tmp_path / "r" / "metrics.jsonl").read_text().splitlines())
                  if r["type"] == "start")
     assert start["precision"]["requested"] == "auto" and start["precision"]["chosen"] == "fp32"
