@@ -21,6 +21,7 @@ from crossway.models.interface import check_sizes
 
 NORMS = ("batch", "group", "instance", "none")
 UPSAMPLES = ("transpose", "bilinear")
+ENCODERS = ("plain", "residual")
 MAX_GROUPS = 8  # group norm: at most this many groups (Wu & He 2018 use 32 groups on wider layers)
 
 
@@ -34,9 +35,14 @@ class UNetConfig:
     dropout: float = 0.0  # Dropout2d in the bottleneck and decoder blocks
     skips: bool = True  # false: a plain encoder-decoder, the same network with no skip connections
     attention_gates: bool = False  # Attention U-Net: additive gates on the skips, gated by the coarser decoder level
+    encoder: str = "plain"  # plain (two 3x3 convs a level, Ronneberger et al.) | residual (res_blocks basic
+    # residual blocks a level, He et al. 2016: the encoder of ResNet-style U-Nets such as SMP's)
+    res_blocks: int = 2  # encoder: residual: blocks per encoder level and in the bottleneck
 
     def __post_init__(self):
-        check_sizes("model", self, ("depth", "base_channels"), ("dropout",))
+        check_sizes("model", self, ("depth", "base_channels", "res_blocks"), ("dropout",))
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"model.encoder must be one of {list(ENCODERS)}, not {self.encoder!r}")
         if self.norm not in NORMS:
             raise ValueError(f"model.norm must be one of {list(NORMS)}, not {self.norm!r}")
         if self.upsample not in UPSAMPLES:
@@ -70,6 +76,37 @@ class ConvBlock(nn.Sequential):
         super().__init__(conv1, make_norm(norm, c_out), nn.ReLU(inplace=True),
                          nn.Dropout2d(dropout) if dropout else nn.Identity(),
                          conv2, make_norm(norm, c_out), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    """He et al. 2016's basic block: 3x3 conv -> norm -> ReLU -> 3x3 conv -> norm, plus the input (through a 1x1
+    conv and norm when the width changes), then ReLU. The second norm starts at zero scale (Goyal et al. 2017),
+    so each block starts as the identity and a deep encoder trains from the first step."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str):
+        super().__init__()
+        bias = norm == "none"
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias)
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        self.norm1, self.norm2 = make_norm(norm, c_out), make_norm(norm, c_out)
+        if isinstance(self.norm2, nn.BatchNorm2d | nn.GroupNorm | nn.InstanceNorm2d):
+            nn.init.zeros_(self.norm2.weight)
+        self.shortcut = nn.Identity() if c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, bias=bias), make_norm(norm, c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        return F.relu(self.norm2(self.conv2(h)) + self.shortcut(x), inplace=True)
+
+
+def encoder_block(c_in: int, c_out: int, cfg: UNetConfig, dropout: float) -> nn.Module:
+    """One encoder level (or the bottleneck): a ConvBlock, or res_blocks residual blocks."""
+    if cfg.encoder == "plain":
+        return ConvBlock(c_in, c_out, cfg.norm, dropout)
+    blocks = [ResidualBlock(c_in if i == 0 else c_out, c_out, cfg.norm) for i in range(cfg.res_blocks)]
+    return nn.Sequential(*blocks, nn.Dropout2d(dropout)) if dropout else nn.Sequential(*blocks)
 
 
 class AttentionGate(nn.Module):
@@ -127,9 +164,9 @@ class UNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         L, widths = cfg.depth, [cfg.base_channels * 2**level for level in range(cfg.depth + 1)]  # F_0 .. F_L
-        self.encoder = nn.ModuleList(ConvBlock(in_channels if level == 0 else widths[level - 1], widths[level],
-                                               cfg.norm, 0.0) for level in range(L))
-        self.bottleneck = ConvBlock(widths[L - 1], widths[L], cfg.norm, cfg.dropout)
+        self.encoder = nn.ModuleList(encoder_block(in_channels if level == 0 else widths[level - 1], widths[level],
+                                                   cfg, 0.0) for level in range(L))
+        self.bottleneck = encoder_block(widths[L - 1], widths[L], cfg, cfg.dropout)
         self.decoder = nn.ModuleList(  # decoder[l] produces level l from level l + 1
             UpBlock(widths[level + 1], widths[level], skip=cfg.skips, gate=cfg.attention_gates, norm=cfg.norm,
                     upsample=cfg.upsample, dropout=cfg.dropout) for level in range(L))

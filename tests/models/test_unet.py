@@ -26,7 +26,9 @@ def n_params(model):
 @pytest.mark.parametrize("upsample", UPSAMPLES)
 @pytest.mark.parametrize("attention_gates", [False, True])
 def test_any_size_every_option(norm, upsample, attention_gates):
-    model = make(norm=norm, upsample=upsample, attention_gates=attention_gates)
+    # the residual encoder with every norm, the plain one with everything else
+    encoder = "residual" if upsample == "bilinear" and attention_gates else "plain"
+    model = make(norm=norm, upsample=upsample, attention_gates=attention_gates, encoder=encoder)
     for train in (True, False):
         model.train(train)
         for H, W in ((37, 53), (1, 1), (1000, 17), (8, 8)):
@@ -88,6 +90,20 @@ def test_parameter_counts():
     assert n_params(build_unet(UNetConfig(attention_gates=True), 3, 4)) == 7_894_184
 
 
+def test_residual_encoder_blocks_start_as_the_identity():
+    """Zero-initialised last norm (Goyal et al. 2017): a block of equal widths returns ReLU(x) at first; the
+    number of blocks per level follows model.res_blocks."""
+    from crossway.models.unet import ResidualBlock
+
+    block = ResidualBlock(4, 4, "batch").eval()
+    x = torch.randn(2, 4, 5, 6)
+    assert torch.allclose(block(x), torch.relu(x))
+    for blocks in (1, 3):
+        model = make(encoder="residual", res_blocks=blocks)
+        assert all(len(level) == blocks for level in model.encoder) and len(model.bottleneck) == blocks
+    assert n_params(make(encoder="residual", res_blocks=2)) > n_params(make(encoder="residual", res_blocks=1))
+
+
 @pytest.mark.parametrize("norm", NORMS)
 def test_batch_independence_in_eval(norm):
     model = make(norm=norm, attention_gates=True)
@@ -111,6 +127,7 @@ def test_group_norm_groups_divide_channels():
     ({"depth": 0}, "model.depth"), ({"base_channels": 0}, "model.base_channels"), ({"norm": "layer"}, "model.norm"),
     ({"upsample": "nearest"}, "model.upsample"), ({"dropout": 1.0}, "model.dropout"),
     ({"dropout": -0.1}, "model.dropout"), ({"skips": False, "attention_gates": True}, "model.attention_gates"),
+    ({"encoder": "vgg"}, "model.encoder"), ({"res_blocks": 0}, "model.res_blocks"),
 ])
 def test_config_validation(bad, message):
     with pytest.raises(ValueError, match=message):
