@@ -15,8 +15,8 @@ import torch
 import crossway as cw
 from crossway.data.images import read_folder
 from crossway.plots import _pyplot
-from crossway.segment import BOUNDARY_TOLERANCE, overlay, segment_image
-from crossway.segmetrics import SegmentationScores
+from crossway.segment import overlay, segment_image
+from crossway.segmetrics import BOUNDARY_TOLERANCE, SegmentationScores
 
 
 def scores(model, sample, k: int) -> dict:

@@ -189,6 +189,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"config section {k!r} must be a mapping of keys to values, not {v!r}")
     for item in overrides:
         key, sep, value = item.partition("=")
+        if key == "task" and sep:  # the one top-level key: task=segmentation
+            raw["task"] = value
+            continue
         parts = key.split(".")
         if not sep or len(parts) != 2 or not all(parts):
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.lr=3e-4)")

@@ -25,10 +25,9 @@ from torch import Tensor, nn
 
 from crossway.data.images import load_image, normalize_image, read_folder
 from crossway.errors import ConfigError
-from crossway.segmetrics import SegmentationScores
+from crossway.segmetrics import BOUNDARY_TOLERANCE, SegmentationScores
 from crossway.training.checkpoint import LoadedModel
 
-BOUNDARY_TOLERANCE = 2  # pixels, as in validation (tasks/segmentation.py)
 PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 IGNORE_INDEX = 255  # a truth pixel with this value is not scored (data.images pads crops with it)
+BOUNDARY_TOLERANCE = 2  # pixels: validation, evaluation and serving count a boundary pixel found within this distance
 
 
 def class_counts(pred: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -26,10 +26,8 @@ from crossway.data.images import (
     read_segmentation_data,
 )
 from crossway.errors import ConfigError
-from crossway.segmetrics import SegmentationScores
+from crossway.segmetrics import BOUNDARY_TOLERANCE, SegmentationScores
 from crossway.training.losses import segmentation_loss
-
-BOUNDARY_TOLERANCE = 2  # pixels: boundary F1 counts a boundary pixel as found within this chessboard distance
 
 
 @dataclass

@@ -140,3 +140,10 @@ def test_config_errors_name_the_task_and_its_metrics(shapes, tmp_path):
         RunConfig.from_dict({"task": "segmentation", "data": {"src_col": "1"}})
     with pytest.raises(ConfigError, match="train.seg_loss must be one of ce, dice, ce\\+dice"):
         seg_config(shapes, tmp_path / "r", train={"seg_loss": "focal"})
+
+
+def test_task_is_an_override_too():
+    from crossway.config import load_config
+
+    cfg = load_config(None, ["task=segmentation", "data.crop=64", "model.arch=unet"])
+    assert cfg.task == "segmentation" and cfg.data.crop == 64
