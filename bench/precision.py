@@ -11,29 +11,24 @@ tokens/s per precision and their ratio. Not a test; a few minutes.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
-import crossway as cw
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from segment import cpu_name  # noqa: E402  (bench/segment.py)
+
+import crossway as cw  # noqa: E402
 from crossway.inference import set_threads
 from crossway.tasks.text import TextTask, text_loss
 from crossway.training import loop
 from crossway.training.checkpoint import build_model
 from crossway.training.optim import build_optimizer
 from crossway.training.precision import Precision, choose
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

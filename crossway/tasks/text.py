@@ -58,10 +58,6 @@ class TextTask:
             return max(1, math.ceil(1.15 * self.train.total_cost / self.cfg.train.max_tokens))
         return len(token_budget_batches(self.train, self.cfg.train.max_tokens, True, 0))
 
-    @property
-    def streamed(self) -> bool:
-        return isinstance(self.train, StreamingCorpus)
-
     def fingerprint(self) -> dict:
         return {"seed": self.cfg.train.seed, "max_tokens": self.cfg.train.max_tokens, "train": self.cfg.data.train,
                 "train_examples": len(self.train)}

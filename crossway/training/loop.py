@@ -247,6 +247,7 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
     per_update = tc.accum_steps * d.world  # batches consumed by one update, all ranks together
     per_epoch = task.batches_per_epoch()
     total_steps = tc.max_steps or tc.max_epochs * math.ceil((per_epoch or 1) / per_update)
+    device = next(run.model.parameters()).device
     run.model.train()
     with stop_on_signals() as stop:
         while not state.stop_reason:
@@ -260,7 +261,6 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState
             while group:
                 used = _budget_used(state, tc, d)
                 lr = tc.lr * lr_factor(state.step, tc.schedule, tc.warmup_steps, total_steps, used)
-                device = next(run.model.parameters()).device
                 result = _step(run.model, run.optimizer, [task.collate(b).to(device) for b in d.shard(group)],
                                task.loss, tc, state.step, lr, run.precision, d)
                 now = time.monotonic()
