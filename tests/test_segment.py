@@ -61,13 +61,18 @@ def test_segment_and_evaluate_commands(seg_run, tmp_path, capsys):
 
 
 def test_data_shapes_command_and_clear_errors(tmp_path, capsys):
+    import yaml
+
     assert main(["data", "shapes", str(tmp_path / "s"), "--size", "24", "--train", "3", "--valid", "1",
                  "--test", "0"]) == 0
     assert len(list((tmp_path / "s" / "train" / "images").iterdir())) == 3
     assert main(["data", "shapes", str(tmp_path / "t"), "--size", "4"]) == 2
     assert "size >= 8" in capsys.readouterr().err
-    (tmp_path / "s" / "valid" / "masks" / "00000.png").unlink()
-    assert main(["evaluate", "--model", "nowhere", "--data", str(tmp_path / "s" / "valid")]) == 2
+    cfg = seg_config(tmp_path / "s", tmp_path / "run", train={"max_steps": 1})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    (tmp_path / "s" / "train" / "masks" / "00001.png").unlink()
+    assert main(["train", str(tmp_path / "c.yaml")]) == 2
+    assert "00001" in capsys.readouterr().err  # the image without a mask is named
 
 
 def test_text_commands_refuse_a_segmentation_run(seg_run, capsys):
