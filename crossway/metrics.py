@@ -10,8 +10,32 @@ from collections.abc import Sequence
 
 # Every metric a task can validate with, and which way is better: train.metric (early stopping, best/) is one of
 # these, and each task lists the ones it computes (training.task.Task.metrics).
+# bleu is sacrebleu's (0-100); bleu4 and cider are the COCO caption evaluation's (crossway.caption_metrics: BLEU-4
+# in 0-1, CIDEr-D with its x10 scale).
 METRICS = {"loss": "min", "wer": "min", "per": "min", "cer": "min", "exact_match": "max", "bleu": "max",
-           "chrf": "max", "ter": "min", "dice": "max", "iou": "max", "pixel_accuracy": "max", "boundary_f1": "max"}
+           "chrf": "max", "ter": "min", "dice": "max", "iou": "max", "pixel_accuracy": "max", "boundary_f1": "max",
+           "bleu4": "max", "cider": "max"}
+
+
+def check_references(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
+    """Raise ValueError unless hyps are strings and refs[i] is a non-empty list of reference strings for hyps[i].
+
+    The mistake this catches is one reference per input passed unwrapped (refs=["a cat", "a dog"]): a string is
+    itself a sequence of strings, so it would be scored as references of one character each.
+    """
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} reference sets")
+    for i, h in enumerate(hyps):
+        if not isinstance(h, str):
+            raise ValueError(f"hyps[{i}] must be a string, got a {type(h).__name__}")
+    for i, rs in enumerate(refs):
+        if isinstance(rs, str) or not isinstance(rs, Sequence):
+            raise ValueError(f"refs[{i}] must be a list of reference strings, got a {type(rs).__name__}")
+        if not rs:
+            raise ValueError(f"refs[{i}] is empty: every hypothesis needs at least one reference")
+        for j, r in enumerate(rs):
+            if not isinstance(r, str):
+                raise ValueError(f"refs[{i}][{j}] must be a string, got a {type(r).__name__}")
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
@@ -59,6 +83,21 @@ def error_rates(hyps: Sequence[list[str]], refs: Sequence[Sequence[list[str]]]) 
     }
 
 
+def line_error_rates(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Character and word error rates of text lines (OCR, speech): against each output's closest reference
+    (fewest character edits), cer = character edits / reference characters and wer = word edits (words split on
+    whitespace) / reference words, both summed over the corpus; exact_match = outputs equal to a reference."""
+    check_references(hyps, refs)
+    c_err = c_len = w_err = w_len = exact = 0
+    for h, rs in zip(hyps, refs, strict=True):
+        d, r = min((edit_distance(h, r), r) for r in rs)
+        c_err, c_len = c_err + d, c_len + len(r)
+        w_err, w_len = w_err + edit_distance(h.split(), r.split()), w_len + len(r.split())
+        exact += h in rs
+    n = len(hyps)
+    return {"n": n, "cer": c_err / max(1, c_len), "wer": w_err / max(1, w_len), "exact_match": exact / max(1, n)}
+
+
 SACREBLEU_METRICS = ("bleu", "chrf", "ter")
 
 
@@ -78,8 +117,7 @@ def sacrebleu_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict
         from sacrebleu.metrics import BLEU, CHRF, TER
     except ImportError as e:
         raise ImportError("BLEU, chrF and TER need sacrebleu: pip install crossway[mt]") from e
-    if len(hyps) != len(refs):
-        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} reference sets")
+    check_references(hyps, refs)
     width = max((len(r) for r in refs), default=1)
     streams = [[r[k] if k < len(r) else r[0] for r in refs] for k in range(width)]
     out: dict = {"signatures": {}}

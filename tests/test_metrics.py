@@ -1,6 +1,6 @@
 import pytest
 
-from crossway.metrics import edit_distance, error_rates
+from crossway.metrics import METRICS, edit_distance, error_rates
 
 
 def test_edit_distance():
@@ -32,3 +32,8 @@ def test_cer_on_characters():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError):
         error_rates([["a"]], [])
+
+
+def test_metrics_table_has_the_caption_metrics():
+    assert METRICS["bleu4"] == METRICS["cider"] == "max"
+    assert METRICS["bleu"] == "max" and METRICS["wer"] == "min"
