@@ -55,6 +55,26 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--test", type=int, default=50)
     sh.add_argument("--seed", type=int, default=0)
     sh.set_defaults(func=_data_shapes)
+    sc = data.add_parser("scenes", help="generated captioning set: OUTDIR/images/*.png, OUTDIR/{train,valid,test}.tsv "
+                                        "(one or two coloured shapes; colour-shape pairs held out for test)")
+    sc.add_argument("outdir")
+    sc.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
+    sc.add_argument("--valid", type=int, default=200)
+    sc.add_argument("--test", type=int, default=200)
+    sc.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.set_defaults(func=_data_scenes)
+    tx = data.add_parser("textlines", help="generated OCR set: pieces of a text file rendered in the installed fonts "
+                                           "-> OUTDIR/images/*.png, OUTDIR/{train,valid,test}.tsv")
+    tx.add_argument("outdir")
+    tx.add_argument("--text", required=True, help="UTF-8 text file, one text a line (the whole line)")
+    tx.add_argument("--train", type=int, default=20000, help="training lines (default 20000)")
+    tx.add_argument("--valid", type=int, default=500)
+    tx.add_argument("--test", type=int, default=500)
+    tx.add_argument("--height", type=int, default=32, help="image height in pixels (default 32)")
+    tx.add_argument("--max-chars", type=int, default=48, help="characters per line image at most (default 48)")
+    tx.add_argument("--seed", type=int, default=0)
+    tx.set_defaults(func=_data_textlines)
 
     tr = sub.add_parser("train", help="train a model from a YAML config")
     tr.add_argument("config", help="YAML file (see configs/)")
@@ -87,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
                          "empty output line (so output lines stay aligned with input lines) and counts it")
     _rescore_args(tl)
     tl.set_defaults(func=_translate)
+
+    cp = sub.add_parser("caption", usage="crossway caption --model RUN [options] IMAGE... [decode.key=value ...]",
+                        help="caption images, or read lines of text in them, with an image-to-text run: one line "
+                             "per image, IMAGE<TAB>text (with decode.n_best > 1: image, rank, score and text, "
+                             "tab-separated)")
+    _model_args(cp)  # its positional arguments: the images, then any decode.key=value options
+    cp.add_argument("--output", help="output file (default: stdout)")
+    cp.set_defaults(func=_caption)
 
     ev = sub.add_parser("evaluate", help="decode a data file and score it (WER, PER, CER, exact match; BLEU, chrF "
                                          "and TER with sacrebleu), or score a hypothesis file (--score); for a "
@@ -146,9 +174,12 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG plots: attention heatmaps, segmentations and gate maps, training "
                                      "curves").add_subparsers(
         metavar="WHAT")
-    pa = pl.add_parser("attention", help="cross-attention heatmap of one translation")
+    pa = pl.add_parser("attention", help="cross-attention heatmap of one translation, or where each word of an "
+                                         "image's caption looked (image-to-text runs)")
     _model_args(pa)
-    pa.add_argument("--text", required=True, help="the input to translate")
+    what = pa.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="the input to translate (text runs)")
+    what.add_argument("--image", help="the image to caption or read (image-to-text runs)")
     pa.add_argument("--layer", type=int, help="decoder layer, 1-based (Transformer; default: the last)")
     pa.add_argument("--head", type=int, help="attention head, 1-based (Transformer; default: mean of the heads)")
     pa.add_argument("--out", default="attention.png")
@@ -207,13 +238,16 @@ def _rescore_args(p: argparse.ArgumentParser) -> None:
                    help="weights of the searching model's and each rescorer's log-probabilities (default: all 1)")
 
 
+COMMANDS = {"text": "crossway translate", "segmentation": "crossway segment", "image_to_text": "crossway caption"}
+
+
 def _load(args, task: str | None = "text") -> cw.LoadedModel:
     """The --model run(s); with `task`, a run of another task is an error that says which command takes it."""
     cw.set_threads(args.threads)
     loaded = cw.load_models(args.model, args.checkpoint)
     if task is not None and loaded.config.task != task:
         raise cw.ConfigError(f"{loaded.path} is a {loaded.config.task} run; this command takes {task} runs "
-                             f"(segmentation runs: crossway segment, crossway evaluate)")
+                             f"({loaded.config.task} runs: {COMMANDS[loaded.config.task]}, crossway evaluate)")
     return dataclasses.replace(loaded, model=cw.quantize(loaded.model, args.quantize))
 
 
@@ -249,6 +283,26 @@ def _data_shapes(args) -> None:
     except ValueError as e:
         raise cw.ConfigError(str(e)) from None
     print(json.dumps(stats, indent=2))
+
+
+def _data_scenes(args) -> None:
+    try:
+        stats = cw.generate_scenes(args.outdir, args.train, args.valid, args.test, args.size, args.seed)
+    except ValueError as e:
+        raise cw.ConfigError(str(e)) from None
+    counts = ", ".join(f"{s} {v['images']} images ({v['captions']} captions)" for s, v in stats["splits"].items())
+    print(f"{args.outdir}: {counts}; held out for test: {', '.join(stats['held_out'])}; see {stats['readme']}")
+
+
+def _data_textlines(args) -> None:
+    try:
+        stats = cw.generate_textlines(args.outdir, args.text, args.train, args.valid, args.test, args.height,
+                                      args.max_chars, args.seed)
+    except ValueError as e:
+        raise cw.ConfigError(str(e)) from None
+    counts = ", ".join(f"{s} {v['images']} lines ({', '.join(v['families'])})" for s, v in stats["splits"].items())
+    skipped = ", ".join(f"{k} {n}" for k, n in stats["skipped"].items() if n) or "nothing"
+    print(f"{args.outdir}: {counts}; skipped: {skipped}; see {stats['readme']}")
 
 
 def _segment(args) -> None:
@@ -298,6 +352,24 @@ def _translate(args) -> None:
         print(f"translate: {n} input{'s' if n > 1 else ''} over the {limit}-token limit "
               f"{'were' if n > 1 else 'was'} skipped (line{'s' if n > 1 else ''} {shown}{more}); "
               f"{'their output lines are' if n > 1 else 'its output line is'} empty", file=sys.stderr)
+
+
+def _caption(args) -> None:
+    args.images = [a for a in args.overrides if not a.startswith("decode.")]
+    args.overrides = [a for a in args.overrides if a.startswith("decode.")]
+    if not args.images:
+        raise cw.ConfigError("caption needs image files: crossway caption --model RUN IMAGE... [decode.key=value]")
+    loaded = _load(args, task="image_to_text")
+    cfg = _decode_cfg(args, loaded)
+    outs = cw.caption(loaded.model, loaded.src, loaded.tgt, [Path(p) for p in args.images], cfg)
+    text = "".join(f"{p}\t{r}\t{h.score:.4f}\t{h.text}\n" if cfg.strategy == "beam" and cfg.n_best > 1
+                   else f"{p}\t{h.text}\n"
+                   for p, o in zip(args.images, outs, strict=True)
+                   for r, h in enumerate([o, *o.alternatives][:cfg.n_best if cfg.strategy == "beam" else 1], 1))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
 
 
 def _evaluate(args) -> None:
@@ -350,7 +422,19 @@ def _evaluate_text(args, loaded: cw.LoadedModel) -> None:
     print(f"report written to {path}", file=sys.stderr)
 
 
-EVALUATE = {"text": _evaluate_text, "segmentation": _evaluate_segmentation}  # the run's task -> how to evaluate it
+def _evaluate_image_text(args, loaded: cw.LoadedModel) -> None:
+    if args.rescore or args.hyps:
+        raise cw.ConfigError("an image-to-text run is evaluated without --rescore or --hyps")
+    path = _report_path(args)
+    result = cw.evaluate_images(loaded, args.data, _decode_cfg(args, loaded), path)
+    m = result["metrics"]
+    print(f"{m['n']} images of {args.data}: CER {100 * m['cer']:.2f}%, WER {100 * m['wer']:.2f}%, BLEU-4 "
+          f"{m['bleu4']:.4f}, CIDEr-D {m['cider']:.4f}, exact match {100 * m['exact_match']:.1f}%")
+    print(f"report written to {path}", file=sys.stderr)
+
+
+# the run's task -> how to evaluate it
+EVALUATE = {"text": _evaluate_text, "segmentation": _evaluate_segmentation, "image_to_text": _evaluate_image_text}
 
 
 def _average(args) -> None:
@@ -382,11 +466,14 @@ def _serve(args) -> None:
 
 
 def _plot_attention(args) -> None:
-    from crossway.plots import plot_attention
+    from crossway.plots import plot_attention, plot_image_attention
 
-    loaded = _load(args)
+    loaded = _load(args, task="image_to_text" if args.image else "text")
     cfg = _decode_cfg(args, loaded)
-    path = plot_attention(loaded, args.text, args.out, cfg, layer=args.layer, head=args.head)
+    if args.image:
+        path = plot_image_attention(loaded, args.image, args.out, cfg, layer=args.layer, head=args.head)
+    else:
+        path = plot_attention(loaded, args.text, args.out, cfg, layer=args.layer, head=args.head)
     print(f"attention heatmap written to {path}", file=sys.stderr)
 
 

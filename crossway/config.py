@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from crossway.data.image_text import ImageTextDataConfig
 from crossway.data.images import SegmentationDataConfig
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError
@@ -121,12 +122,13 @@ class TrainConfig:
 
 
 # task -> the config class of its `data` section (the task classes themselves: crossway.tasks.TASKS)
-DATA_CONFIGS = {"text": DataConfig, "segmentation": SegmentationDataConfig}
+DATA_CONFIGS = {"text": DataConfig, "segmentation": SegmentationDataConfig, "image_to_text": ImageTextDataConfig}
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    task: str = "text"  # text (text to text) | segmentation (image to mask); picks the data section's fields
+    task: str = "text"  # text (text to text) | segmentation (image to mask) | image_to_text (captions, text
+    # lines); picks the data section's fields
     data: Any = field(default_factory=DataConfig)
     model: Any = field(default_factory=lambda: MODELS["rnn"][0]())
     train: TrainConfig = field(default_factory=TrainConfig)

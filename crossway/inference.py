@@ -1,4 +1,6 @@
-"""Text in, text out: tokenize, batch by length, decode through the model protocol, detokenize."""
+"""Any source in, text out: the source codec encodes each input (a TextCodec tokenizes text, an ImageFormat
+reads and resizes images), inputs are batched by cost and collated by the codec, decoded through the model
+protocol, and the outputs detokenized. Nothing here depends on the source's modality or the architecture."""
 
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from crossway.data.batching import pad, token_budget_batches
-from crossway.data.text import Example
-from crossway.data.tokenizers import PAD_ID, UNK_ID, TextCodec
+from crossway.data.codecs import ImageFormat
+from crossway.data.tokenizers import TextCodec
 from crossway.decoding import DecodeConfig, Hypothesis, decode
 from crossway.errors import ConfigError, DataError
 from crossway.rerank import Rescorer, check_rerank, rerank
@@ -25,7 +26,7 @@ class Translation:
     src_tokens: list[str]  # input tokens as the model saw them (unknown ones as <unk>)
     score: float  # sum of log-probabilities
     finished: bool  # False when the length limit stopped decoding before eos
-    attention: Tensor | None = None  # (T, ..., S) when DecodeConfig.return_attention
+    attention: Tensor | None = None  # (T, ..., S), or (T, ..., h, w) over an image's grid, when return_attention
     alternatives: list[Translation] = field(default_factory=list)  # the rest of the n-best list (beam)
 
 
@@ -38,44 +39,45 @@ class TranslateStats:
     too_long: list[int] = field(default_factory=list)  # 1-based lines over max_src_len, skipped (long_inputs="skip")
 
 
+SourceCodec = TextCodec | ImageFormat  # what a model reads: encode, cost, collate, unknown, describe, attention_view
 LONG_INPUTS = ("error", "skip")  # what translate does with an input over max_src_len
 
 
-def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str], cfg: DecodeConfig,
+def translate(model: nn.Module, src: SourceCodec, tgt: TextCodec, texts: Sequence, cfg: DecodeConfig,
               max_src_len: int | None = None, stats: TranslateStats | None = None,
               name: str = "input", rescorers: Sequence[Rescorer] = (),
               weights: Sequence[float] | None = None, long_inputs: str = "error") -> list[Translation]:
-    """One translation per input text, in input order. An input longer than `max_src_len` tokens is an error
-    naming `name` and its (1-based) line, or with long_inputs="skip" gets an empty output, as an empty input
-    does, and its line is listed in `stats.too_long`; nothing is truncated. With `rescorers`, each n-best list
-    (beam, decode.n_best >= 2) is reranked by them too (crossway.rerank)."""
+    """One output per input, in input order. Inputs are what the source codec reads: texts for a TextCodec,
+    image files, image bytes or (C, H, W) uint8 tensors for an ImageFormat (`caption` is this function under
+    its own name). A text longer than `max_src_len` tokens is an error naming `name` and its (1-based) line, or
+    with long_inputs="skip" gets an empty output, as an empty input does, and its line is listed in
+    `stats.too_long`; nothing is truncated. With `rescorers`, each n-best list (beam, decode.n_best >= 2) is
+    reranked by them too (crossway.rerank)."""
     if long_inputs not in LONG_INPUTS:
         raise ConfigError(f"long_inputs={long_inputs!r}: one of {', '.join(LONG_INPUTS)}")
     check_rerank(cfg, rescorers)
     stats = stats if stats is not None else TranslateStats()
     stats.inputs += len(texts)
-    ids = [src.encode(t) for t in texts]
-    skip = _too_long(ids, max_src_len, long_inputs, name)
+    items = [src.encode(t) for t in texts]
+    costs = [src.cost(x) for x in items]
+    skip = _too_long(costs, max_src_len, long_inputs, name)
     stats.too_long += [i + 1 for i in sorted(skip)]
-    stats.unknown_tokens += sum(i == UNK_ID for n, seq in enumerate(ids) if n not in skip for i in seq)
+    stats.unknown_tokens += sum(src.unknown(x) for n, x in enumerate(items) if n not in skip)
     out: list[Translation | None] = [None] * len(texts)
     todo = []
-    for i, seq in enumerate(ids):
-        if seq and i not in skip:
+    for i, c in enumerate(costs):
+        if c and i not in skip:
             todo.append(i)
         else:  # an empty output, as for an empty input: output line i stays input line i's
             stats.empty += i not in skip
             out[i] = Translation("", [], [], 0.0, True)
-    examples = [Example(ids[i], [], i + 1) for i in todo]
     device = next(model.parameters()).device
     model.eval()
-    for batch in token_budget_batches(examples, max(cfg.max_tokens, max((len(e.src) for e in examples),
-                                                                        default=1)), shuffle=False):
+    for batch in budget_batches([costs[i] for i in todo], cfg.max_tokens):
         rows = [todo[b] for b in batch]
-        src_t = pad([ids[r] for r in rows]).to(device)
-        for r, nbest in zip(rows, decode(model, src_t, src_t != PAD_ID, cfg), strict=True):
-            src_tokens = src.vocab.decode(ids[r])
-            best, *rest = [_translation(h, src_tokens, tgt) for h in nbest]
+        src_t, src_mask = src.collate([items[r] for r in rows])
+        for r, nbest in zip(rows, decode(model, src_t.to(device), src_mask.to(device), cfg), strict=True):
+            best, *rest = [_translation(h, src, items[r], tgt) for h in nbest]
             best.alternatives = rest
             stats.unfinished += not best.finished
             out[r] = best
@@ -92,22 +94,39 @@ def translate(model: nn.Module, src: TextCodec, tgt: TextCodec, texts: list[str]
     return out  # type: ignore[return-value]
 
 
-def _too_long(ids: list[list[int]], max_src_len: int | None, long_inputs: str, name: str) -> set[int]:
+caption = translate  # images in, text out: the same function, read under the name its users look for
+
+
+def _too_long(costs: list[int], max_src_len: int | None, long_inputs: str, name: str) -> set[int]:
     """Indices of the inputs over `max_src_len` tokens, to skip; with long_inputs="error", the first one is an
     error instead."""
     if max_src_len is None:
         return set()
-    for n, seq in enumerate(ids, start=1):
-        if len(seq) > max_src_len and long_inputs == "error":
-            raise DataError(f"{name}:{n}: input line {n} has {len(seq)} tokens, over the limit of {max_src_len} "
+    for n, cost in enumerate(costs, start=1):
+        if cost > max_src_len and long_inputs == "error":
+            raise DataError(f"{name}:{n}: input line {n} has {cost} tokens, over the limit of {max_src_len} "
                             "(the model's data.max_src_len; raise it with --max-src-len, or leave such lines' "
                             "outputs empty with --long-inputs skip)")
-    return {i for i, seq in enumerate(ids) if len(seq) > max_src_len}
+    return {i for i, c in enumerate(costs) if c > max_src_len}
 
 
-def _translation(hyp: Hypothesis, src_tokens: list[str], tgt: TextCodec) -> Translation:
+def budget_batches(costs: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Decoding batches of indices: sorted by cost, cut so that rows x largest cost <= max_tokens (an input
+    costlier than the budget is a batch of its own)."""
+    batches, current, largest = [], [], 0
+    for i in sorted(range(len(costs)), key=costs.__getitem__):
+        if current and max(largest, costs[i]) * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, largest = [], 0
+        current.append(i)
+        largest = max(largest, costs[i])
+    return batches + [current] if current else batches
+
+
+def _translation(hyp: Hypothesis, src: SourceCodec, item, tgt: TextCodec) -> Translation:
     toks = tgt.tokens(hyp.tokens)  # reading order, also for a right-to-left model
-    attention = hyp.attention[..., :len(src_tokens)] if hyp.attention is not None else None  # drop batch padding
+    src_tokens = src.describe(item)
+    attention = src.attention_view(item, hyp.attention) if hyp.attention is not None else None
     if attention is not None and tgt.reverse:  # rows follow the tokens (eos, when produced, stays last)
         n = len(toks)
         attention = torch.cat([attention[:n].flip(0), attention[n:]])

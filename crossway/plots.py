@@ -72,6 +72,43 @@ def plot_attention(loaded: LoadedModel, text: str, out: str | Path, cfg: DecodeC
     return out
 
 
+def plot_image_attention(loaded: LoadedModel, image: str | Path, out: str | Path, cfg: DecodeConfig | None = None,
+                         layer: int | None = None, head: int | None = None, columns: int = 5) -> Path:
+    """Caption (or read) one image and draw where each output token looked: the image, then one panel per
+    token with its attention over the encoder's grid upsampled onto the image (Xu et al. 2015, figure 3)."""
+    import torch.nn.functional as F
+
+    cfg = dataclasses.replace(cfg or loaded.config.decode, return_attention=True, n_best=1)
+    pixels = loaded.src.load(image)  # (C, H, W) uint8 at the model's size
+    (t,) = translate(loaded.model, loaded.src, loaded.tgt, [pixels], cfg, name=str(image))
+    h, w = t.attention.shape[-2:]
+    maps = attention_matrix(t.attention.flatten(-2), layer, head).view(-1, 1, h, w)  # (T, 1, h, w)
+    H, W = pixels.shape[1:]
+    maps = F.interpolate(maps, size=(H, W), mode="bilinear", align_corners=False)[:, 0]  # (T, H, W)
+    maps = maps / maps.flatten(1).amax(1).clamp(min=1e-9)[:, None, None]
+    rgb = (pixels.expand(3, H, W) if pixels.size(0) == 1 else pixels).permute(1, 2, 0).float() / 255
+    words = t.tokens + ["</s>"] * (maps.size(0) - len(t.tokens))
+    plt = _pyplot()
+    n = len(words) + 1
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    scale = 2.4 / max(H, W) * max(1.0, W / H / 3)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * W * scale, rows * (H * scale + 0.35)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0][0].imshow(rgb.numpy())
+    axes[0][0].set_title(t.text if len(t.text) < 40 else t.text[:37] + "...", fontsize=8)
+    for k, (word, m) in enumerate(zip(words, maps, strict=True), start=1):
+        ax = axes[k // cols][k % cols]
+        ax.imshow((rgb * (0.25 + 0.75 * m[..., None])).clamp(0, 1).numpy())
+        ax.set_title(word if word.strip() else repr(word), fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 CURVES = ("wer", "per", "cer", "dice", "iou", "boundary_f1")  # validation metrics drawn as percentages
 
 

@@ -1,15 +1,17 @@
-"""HTTP serving: `POST /v1/translate` (text runs, here) or `POST /v1/segment` (segmentation runs,
-crossway.server_segment), health probes, the web page at `/`, and the limits that keep it up.
+"""HTTP serving: `POST /v1/translate` (text runs, here), `POST /v1/segment` (segmentation runs,
+crossway.server_segment) or `POST /v1/caption` (image_to_text runs, crossway.server_caption), health probes, the
+web page at `/`, and the limits that keep it up.
 
     serve("runs/g2p-rnn", ServeConfig(port=8000))      # what `crossway serve --model runs/g2p-rnn` calls
 
 A server loads one run; its task (the run's `task`) picks the engine (_tasks) and the endpoint that answers:
-the other one is a 404 `wrong_task` naming the right one, and `/v1/info` says the task, so the page shows its tab.
+the others are a 404 `wrong_task` naming the right one, and `/v1/info` says the task, so the page shows its tab.
 
 Request flow: body-size guard (413 before the body is read; images have their own limit) -> JSON schema or
 query parameters (422) -> the endpoint's limits (422 naming the limit; 413 for an image's declared pixels) ->
 the micro-batcher's bounded queue (429 at once when full) -> one model call for requests that arrived together
-(an image is a call of its own) -> response, or 504 at the request's deadline (its queue slot is freed).
+with equal decoding options (texts, or images to caption; an image to segment is a call of its own) -> response,
+or 504 at the request's deadline (its queue slot is freed).
 `/health/ready` is 503 until the model is loaded and a warm-up decode or segmentation has run, 200 while
 serving, and 503 again once SIGTERM starts the drain: new requests are refused with 503, requests in flight
 finish, then the server exits.
@@ -47,6 +49,7 @@ from crossway.rerank import Rescorer, check_rerank, load_rescorer
 from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_config
 
 if TYPE_CHECKING:
+    from crossway.server_caption import CaptionEngine
     from crossway.server_segment import SegmentEngine
 
 log = logging.getLogger("crossway.server")
@@ -73,8 +76,8 @@ class ServeConfig:
     decode: tuple[str, ...] = ()  # "decode.key=value": the server's default decoding options (requests override)
     rescore: tuple[str, ...] = ()  # runs (or graphone models) that rerank every n-best list (crossway.rerank)
     rescore_weights: tuple[float, ...] | None = None  # the searching model's, then one per rescorer (default: 1s)
-    # segmentation runs
-    max_image_bytes: int = 20_000_000  # 413 above this (POST /v1/segment's body limit), before the body is read
+    # image runs (segmentation, image_to_text)
+    max_image_bytes: int = 20_000_000  # 413 above this (/v1/segment's and /v1/caption's body limit), before reading
     max_image_pixels: int = 16_777_216  # 413 above this declared width x height, before decoding (4096 x 4096)
     tile: int = 512  # the largest window segmented at once (memory): larger images go in tiles; 0 = whole images
     overlap: int = 32  # default overlap of neighbouring tiles (at most tile / 2)
@@ -169,18 +172,21 @@ class Engine:
         self.translate([sample], dataclasses.replace(self.loaded.config.decode, return_attention=True))
 
 
-ENDPOINTS = {"text": "POST /v1/translate", "segmentation": "POST /v1/segment"}  # a run's task -> its endpoint
+ENDPOINTS = {"text": "POST /v1/translate", "segmentation": "POST /v1/segment",  # a run's task -> its endpoint
+             "image_to_text": "POST /v1/caption"}
 
 
-def _tasks() -> dict[str, tuple[type[Engine] | type[SegmentEngine], Callable]]:
-    """A run's task -> the engine that serves it and the function that adds its endpoint to an app. (The
-    segmentation half is imported here, not at the top: crossway.server_segment builds on this module.)"""
+def _tasks() -> dict[str, tuple[type[Engine] | type[SegmentEngine] | type[CaptionEngine], Callable]]:
+    """A run's task -> the engine that serves it and the function that adds its endpoint to an app. (The image
+    halves are imported here, not at the top: crossway.server_segment and server_caption build on this module.)"""
+    from crossway.server_caption import CaptionEngine, add_caption_route
     from crossway.server_segment import SegmentEngine, add_segment_route
 
-    return {"text": (Engine, add_translate_route), "segmentation": (SegmentEngine, add_segment_route)}
+    return {"text": (Engine, add_translate_route), "segmentation": (SegmentEngine, add_segment_route),
+            "image_to_text": (CaptionEngine, add_caption_route)}
 
 
-def load_engine(run: str | Path, cfg: ServeConfig = ServeConfig()) -> Engine | SegmentEngine:
+def load_engine(run: str | Path, cfg: ServeConfig = ServeConfig()) -> Engine | SegmentEngine | CaptionEngine:
     """The engine of the run's task, loaded with `cfg`."""
     return _tasks()[load_config(run, cfg.checkpoint).task][0].load(run, cfg)
 
@@ -188,8 +194,13 @@ def load_engine(run: str | Path, cfg: ServeConfig = ServeConfig()) -> Engine | S
 def check_task(loaded: LoadedModel, task: str) -> None:
     """An engine's check that the run it was given is of its task."""
     if loaded.config.task != task:
-        raise ConfigError(f"{loaded.path} is a {loaded.config.task} run; {_tasks()[task][0].__name__} serves "
+        raise ConfigError(f"{loaded.path} is {a_run(loaded.config.task)}; {_tasks()[task][0].__name__} serves "
                           f"{task} runs (load_engine picks the engine of a run's task)")
+
+
+def a_run(task: str) -> str:
+    """A run of `task` in messages: "a text run", "an image_to_text run"."""
+    return f"{'an' if task[0] in 'aeiou' else 'a'} {task} run"
 
 
 def _attention_kind(model_cfg) -> dict:
@@ -272,14 +283,14 @@ class ServerState:
     def __init__(self):
         self.status = "loading"  # loading | ready | draining | failed
         self.error: str | None = None
-        self.engine: Engine | None = None
+        self.engine: Engine | SegmentEngine | CaptionEngine | None = None
         self.batcher: MicroBatcher | None = None
-        self.inflight = 0  # translate and segment requests being handled
+        self.inflight = 0  # translate, segment and caption requests being handled
 
     def idle(self) -> bool:
         return self.inflight == 0 and (self.batcher is None or self.batcher.pending == 0)
 
-    def ready_engine(self, task: str | None = None) -> Engine | SegmentEngine:
+    def ready_engine(self, task: str | None = None) -> Engine | SegmentEngine | CaptionEngine:
         """The engine, if ready (503 otherwise); with `task`, only if it serves that task (404 naming the endpoint
         that does: the route exists, but not for this server's run, as OpenAI answers a chat model on
         /v1/completions)."""
@@ -289,7 +300,7 @@ class ServerState:
             raise RequestError(503, f"not_ready_{self.status}", msg)
         engine = self.engine
         if task is not None and engine.task != task:
-            raise RequestError(404, "wrong_task", f"this server serves {engine.name}, a {engine.task} run: send "
+            raise RequestError(404, "wrong_task", f"this server serves {engine.name}, {a_run(engine.task)}: send "
                                f"its requests to {ENDPOINTS[engine.task]} ({ENDPOINTS[task]} is for {task} runs)",
                                task=engine.task, endpoint=ENDPOINTS[engine.task])
         return engine
@@ -306,7 +317,7 @@ class ServerState:
                                limit=timeout) from None
 
 
-def create_app(load: Callable[[], Engine | SegmentEngine], cfg: ServeConfig = ServeConfig()):
+def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: ServeConfig = ServeConfig()):
     """The FastAPI app, with every task's endpoint (a run of another task answers 404). `load` runs on a
     background thread after start-up; readiness waits for it."""
     state = ServerState()
@@ -335,8 +346,9 @@ def create_app(load: Callable[[], Engine | SegmentEngine], cfg: ServeConfig = Se
 
     app = FastAPI(title="crossway", version=__version__, lifespan=lifespan,
                   description="Encoder-decoder models: translate, transliterate, convert graphemes to phonemes; "
-                              "segment images (U-Net, Attention U-Net). A server serves one run: GET /v1/info "
-                              "says its task and so which of /v1/translate and /v1/segment answers.")
+                              "segment images (U-Net, Attention U-Net); caption images or read text lines "
+                              "(Show, Attend and Tell). A server serves one run: GET /v1/info says its task and so "
+                              "which of /v1/translate, /v1/segment and /v1/caption answers.")
     app.state.crossway = state
 
     @app.exception_handler(RequestValidationError)
@@ -387,16 +399,16 @@ def create_app(load: Callable[[], Engine | SegmentEngine], cfg: ServeConfig = Se
     async def page():
         return HTMLResponse(resources.files("crossway").joinpath("web/index.html").read_text(encoding="utf-8"))
 
-    return BodyLimit(app, cfg.max_body_bytes, {"/v1/segment": cfg.max_image_bytes})
+    return BodyLimit(app, cfg.max_body_bytes, dict.fromkeys(("/v1/segment", "/v1/caption"), cfg.max_image_bytes))
 
 
 def add_translate_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> None:
-    """`POST /v1/translate` on `app` (create_app adds it to every server: a segmentation run answers 404)."""
+    """`POST /v1/translate` on `app` (create_app adds it to every server: a run of another task answers 404)."""
     sample_ids = itertools.count()  # sampling requests are never batched together: seeded sampling depends on it
 
     @app.post("/v1/translate", summary="Translate texts (text runs)",
               responses=openapi_errors(
-                  e404="wrong_task: this server serves a segmentation run (use /v1/segment)",
+                  e404="wrong_task: this server serves an image run (use /v1/segment or /v1/caption)",
                   e413="body_too_large: over max_body_bytes, refused before it is read",
                   e422="invalid_request, too_many_inputs, empty_input, input_too_long, beam_too_large, "
                        "output_too_long, invalid_options",
@@ -527,8 +539,8 @@ def serve(run: str | Path, cfg: ServeConfig = ServeConfig(), log_level: str = "i
     for path in (run, *cfg.rescore):
         if not Path(path).exists():
             raise CrosswayError(f"{path}: no such model directory")
-    # a bad decoding option, options that give the rescorers no n-best list, or text options for a segmentation
-    # run fail here, before the server starts
+    # a bad decoding option, options that give the rescorers no n-best list, or options the run's task cannot use
+    # fail here, before the server starts
     config = load_config(run, cfg.checkpoint)
     _tasks()[config.task][0].check_options(run, config, cfg)
     app = create_app(lambda: load_engine(run, cfg), cfg)

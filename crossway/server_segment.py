@@ -4,6 +4,9 @@ The request body is the image's bytes. On the event loop the request is checked 
 (crossway.data.images.open_image with decode=False: 413 over the declared pixel limit, 422 if unreadable), then
 the tiling and options; the worker thread decodes the image (crossway.data.images.load_image, as `crossway
 segment` reads files), segments it and writes the PNGs, so the queue holds only compressed bytes.
+
+The checks of an image request (check_query, check_content_type, image_header, image_error) and the OpenAPI
+request body (IMAGE_BODY) serve `POST /v1/caption` too (crossway.server_caption).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from crossway.training.checkpoint import LoadedModel, load_checkpoint
 if TYPE_CHECKING:
     from crossway.config import RunConfig
 
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp")  # what POST /v1/segment reads, by content
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp")  # what the image endpoints read, by content
 IMAGE_ALIASES = ("image/jpg", "image/tif", "image/x-ms-bmp", "image/x-bmp", "application/octet-stream")
 PNG_LEVEL = 1  # zlib level of the PNGs the server writes: speed first (level 6 took 2x as long on a 3-Mpixel image)
 
@@ -74,13 +77,14 @@ class SegmentEngine:
         out = {"width": image.shape[2], "height": image.shape[1], "mask_png": buf.getvalue()}
         if job.details:
             out["pixels"] = torch.bincount(mask.flatten(), minlength=self.loaded.tgt.size).tolist()
-            out["overlay_png"] = _png(overlay(image, mask, job.alpha))
+            out["overlay_png"] = encode_png(overlay(image, mask, job.alpha))
         if job.image:
-            out["image_png"] = _png(image.permute(1, 2, 0).squeeze(2).numpy())  # as the model saw it
+            out["image_png"] = encode_png(image.permute(1, 2, 0).squeeze(2).numpy())  # as the model saw it
         if gates:  # fine to coarse, each upsampled to (H, W); 0-255 = gate values 0-1
             out["gates"] = [{"level": i, "downsample": 2 ** i, "min": round(float(g.min()), 4),
                              "mean": round(float(g.mean()), 4), "max": round(float(g.max()), 4),
-                             "png": _png(g.mul(255).round().to(torch.uint8).numpy())} for i, g in enumerate(gates)]
+                             "png": encode_png(g.mul(255).round().to(torch.uint8).numpy())}
+                            for i, g in enumerate(gates)]
         return out
 
     def info(self) -> dict:
@@ -96,7 +100,8 @@ class SegmentEngine:
 
     def warm_up(self) -> None:
         blank = np.zeros((64, 64) if self.loaded.src.channels == 1 else (64, 64, 3), np.uint8)
-        self.segment(SegmentJob(body=_png(blank), tiles=TileConfig(), gates=self.gates, details=True, image=True))
+        self.segment(SegmentJob(body=encode_png(blank), tiles=TileConfig(), gates=self.gates, details=True,
+                                image=True))
 
 
 def _no_text_options(run: str | Path, cfg: ServeConfig) -> None:
@@ -128,7 +133,7 @@ def image_error(e: DataError) -> RequestError:
     return RequestError(422, "unsupported_image" if isinstance(e, UnsupportedImageMode) else "invalid_image", str(e))
 
 
-def _png(arr: np.ndarray) -> bytes:
+def encode_png(arr: np.ndarray) -> bytes:
     """(H, W) or (H, W, 3) uint8 -> PNG bytes."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=PNG_LEVEL)
@@ -180,13 +185,13 @@ the image's size and equals `crossway.segment_image(model, image, TileConfig(til
 /v1/info): the body's bytes, the declared pixels (checked from the header before decoding), and tiles of at least
 {MIN_TILE} pixels and at most the server's tile, overlapping by at most half a tile."""
 
-_IMAGE_BODY = {"requestBody": {"required": True, "description": "the image file's bytes", "content": {
+IMAGE_BODY = {"requestBody": {"required": True, "description": "the image file's bytes", "content": {
     t: {"schema": {"type": "string", "format": "binary"}} for t in (*IMAGE_TYPES, "application/octet-stream")}}}
 _RESPONSES = {200: {"model": SegmentResponse, "content": {"image/png": {"schema": {"type": "string", "format":
                     "binary"}}}, "description": "format=png (default): the mask, a palette PNG whose pixel values "
                     "are the class ids (GET /v1/info names them); format=json: SegmentResponse"},
               **openapi_errors(
-                  e404="wrong_task: this server serves a text run (use /v1/translate)",
+                  e404="wrong_task: this server serves a run of another task (the error names its endpoint)",
                   e413="body_too_large (over max_image_bytes, refused before it is read), or image_too_large "
                        "(declared width x height over max_image_pixels, refused before decoding)",
                   e415="unsupported_media_type: send the image's bytes as the body (" + ", ".join(IMAGE_TYPES) +
@@ -203,7 +208,7 @@ def add_segment_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> Non
     job_ids = itertools.count()  # one key per image: images are never batched together
 
     @app.post("/v1/segment", summary="Segment an image (segmentation runs): the class map as a PNG, or JSON",
-              description=SEGMENT_DOC, openapi_extra=_IMAGE_BODY, response_model=None, responses=_RESPONSES)
+              description=SEGMENT_DOC, openapi_extra=IMAGE_BODY, response_model=None, responses=_RESPONSES)
     async def segment_route(
             request: Request,
             engine: Annotated[SegmentEngine, Depends(_segment_engine)],
@@ -222,10 +227,10 @@ def add_segment_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> Non
         state.inflight += 1
         try:
             t0 = time.perf_counter()
-            _check_query(request, ("tile", "overlap", "format", "gates", "image", "alpha", "timeout_s"))
-            _check_content_type(request)
+            check_query(request, ("tile", "overlap", "format", "gates", "image", "alpha", "timeout_s"))
+            check_content_type(request)
             body = await request.body()
-            width, height, image_format = _header(body, cfg.max_image_pixels)
+            width, height, image_format = image_header(body, cfg.max_image_pixels)
             tiles = _tiles(cfg, tile, overlap, width, height)
             details = fmt == "json"
             if (gates or image) and not details:
@@ -250,7 +255,7 @@ async def _segment_engine(request: Request) -> SegmentEngine:  # as crossway.ser
     return request.app.state.crossway.ready_engine("segmentation")
 
 
-def _header(body: bytes, max_pixels: int) -> tuple[int, int, str]:
+def image_header(body: bytes, max_pixels: int) -> tuple[int, int, str]:
     """The image's width, height and format, from its header alone: 413 over `max_pixels`, 422 if unreadable."""
     if not body:
         raise RequestError(422, "invalid_image", "empty body: send the image's bytes (PNG, JPEG, TIFF or BMP) as "
@@ -262,14 +267,14 @@ def _header(body: bytes, max_pixels: int) -> tuple[int, int, str]:
         raise image_error(e) from None
 
 
-def _check_query(request: Request, known: tuple[str, ...]) -> None:
+def check_query(request: Request, known: tuple[str, ...]) -> None:
     unknown = sorted(set(request.query_params) - set(known))
     if unknown:
         raise RequestError(422, "invalid_request", f"unknown query parameter(s) {', '.join(unknown)}; valid: "
                            f"{', '.join(known)}", field=unknown[0])
 
 
-def _check_content_type(request: Request) -> None:
+def check_content_type(request: Request) -> None:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype not in IMAGE_TYPES + IMAGE_ALIASES:
         how = "multipart uploads are not read" if ctype.startswith("multipart/") else f"{ctype} is not an image type"

@@ -252,6 +252,32 @@ class TextCodec:
         """The vocabulary size: what a model's embedding or output layer is built with."""
         return len(self.vocab)
 
+    # --- as a model's source (the interface ImageFormat shares; see crossway.inference) ----------------------
+    def cost(self, ids: list[int]) -> int:
+        """Batching cost of an encoded source: its tokens (0 = an empty input)."""
+        return len(ids)
+
+    def collate(self, items: list[list[int]]):
+        """Encoded sources -> (src (B, S) long, padded with PAD_ID, src_mask (B, S) bool)."""
+        import torch
+
+        src = torch.full((len(items), max((len(s) for s in items), default=0)), PAD_ID, dtype=torch.long)
+        for i, s in enumerate(items):
+            src[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        return src, src != PAD_ID
+
+    def unknown(self, ids: list[int]) -> int:
+        """Input tokens outside the vocabulary (decoded as <unk>)."""
+        return sum(i == UNK_ID for i in ids)
+
+    def describe(self, ids: list[int]) -> list[str]:
+        """The source as the model saw it: its tokens."""
+        return self.vocab.decode(ids)
+
+    def attention_view(self, ids: list[int], attention):
+        """Attention rows (..., S) over this source's tokens, as they are."""
+        return attention
+
     def to_dict(self) -> dict:
         return {**self.tokenizer.to_dict(), **self.vocab.to_dict(), **({"reverse": True} if self.reverse else {})}
 

@@ -21,7 +21,16 @@ import torch
 from torch import Tensor
 
 from crossway.data.tokenizers import BOS_ID, EOS_ID
-from crossway.decoding.common import DecodeConfig, Hypothesis, Processor, length_penalty, max_lengths, top_log_probs
+from crossway.decoding.common import (
+    DecodeConfig,
+    Hypothesis,
+    Processor,
+    length_penalty,
+    max_lengths,
+    memory_lengths,
+    top_log_probs,
+    trim_attention,
+)
 from crossway.models.interface import Seq2Seq, select_batch
 
 NEG_INF = float("-inf")
@@ -33,7 +42,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
     """src (B, S) -> for each sentence its n-best hypotheses, best first by length-penalised score."""
     B, K, device = src.size(0), cfg.beam_size, src.device
     memory = model.encode(src, src_mask)  # one row per sentence, for its K rows
-    limits = max_lengths(src_mask, cfg)  # (B,)
+    lengths = memory_lengths(memory)
+    limits = max_lengths(lengths, cfg)  # (B,)
     sent = torch.arange(B)  # original index of each active sentence
     scores = torch.full((B, K), NEG_INF, device=device)
     scores[:, 0] = 0.0  # one live beam per sentence at the start
@@ -86,6 +96,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
             memory, state = select_batch(memory, keep.to(device)), select_batch(state, keep_rows)
             tokens, prev = tokens[keep_rows], prev[keep_rows]
             history = history[keep_rows] if history is not None else None
+    for f, n in zip(finished, lengths.tolist(), strict=True):
+        trim_attention(f, n)  # the sentence's real memory positions
     return [_rank(f, cfg.n_best, cfg.beam_rules) for f in finished]
 
 

@@ -67,9 +67,22 @@ class Hypothesis:
     normalized: float | None = None  # beam: the length-penalised score it was ranked by
 
 
-def max_lengths(src_mask: Tensor, cfg: DecodeConfig) -> Tensor:
-    """(B,) the most tokens each sentence may produce, eos included."""
-    return (src_mask.sum(1).float().cpu() * cfg.max_len_a).long() + cfg.max_len_b
+def memory_lengths(memory: dict[str, Tensor]) -> Tensor:
+    """(B,) long, on the CPU: the real memory positions of each row (memory["mask"] (B, M), True = real, real
+    positions first): source tokens for text, feature frames for audio, grid cells for an image."""
+    return memory["mask"].sum(1).cpu()
+
+
+def max_lengths(lengths: Tensor, cfg: DecodeConfig) -> Tensor:
+    """(B,) the most tokens each row may produce, eos included: a * memory length + b."""
+    return (lengths.float() * cfg.max_len_a).long() + cfg.max_len_b
+
+
+def trim_attention(hyps: list[Hypothesis], length: int) -> None:
+    """Cut a hypothesis's attention (T, ..., M) to the `length` real positions of its memory row (in place)."""
+    for h in hyps:
+        if h.attention is not None:
+            h.attention = h.attention[..., :length]
 
 
 def length_penalty(length: int | Tensor, alpha: float, rules: str = "crossway"):

@@ -14,6 +14,7 @@ from crossway.decoding.common import (
     Hypothesis,
     Processor,
     max_lengths,
+    memory_lengths,
     step_log_probs,
     top_log_probs,
 )
@@ -47,7 +48,8 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConf
     cost only what is still being decoded and no row depends on another."""
     B, device = src.size(0), src.device
     memory = model.encode(src, src_mask)
-    limits = max_lengths(src_mask, cfg)
+    lengths = memory_lengths(memory)
+    limits = max_lengths(lengths, cfg)
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.strategy == "sample" else None
     active = torch.arange(B)
     tokens = torch.empty(B, 0, dtype=torch.long, device=device)  # (B, t) output so far, for processors
@@ -76,10 +78,10 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConf
             memory, state = select_batch(memory, keep), select_batch(state, keep)
             tok, tokens = tok[keep], tokens[keep]
         prev = tok
-    return _collect(B, steps)
+    return _collect(B, steps, lengths)
 
 
-def _collect(B: int, steps) -> list[Hypothesis]:
+def _collect(B: int, steps, lengths: Tensor) -> list[Hypothesis]:
     hyps = [Hypothesis([], 0.0, False, None) for _ in range(B)]
     attns: list[list[Tensor]] = [[] for _ in range(B)]
     for rows, toks, logps, attn in steps:
@@ -92,7 +94,7 @@ def _collect(B: int, steps) -> list[Hypothesis]:
                 h.finished = True
             else:
                 h.tokens.append(tok)
-    for h, a in zip(hyps, attns, strict=True):
+    for h, a, n in zip(hyps, attns, lengths.tolist(), strict=True):
         if a:
-            h.attention = torch.stack(a)
+            h.attention = torch.stack(a)[..., :n]  # the row's real memory positions
     return hyps

@@ -6,6 +6,7 @@ B batch, S source length, T target length, V target vocabulary, M members.
 
 Memory and state are the members' dicts merged into one, each key prefixed with the member's index ("0.k0",
 "1.h"): still one flat dict of batch-first tensors, so `select_batch` reorders and drops rows of every member.
+The memory also keeps the protocol's "mask" (the first member's) unprefixed, for search's length limits.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class Ensemble(nn.Module):
         self.generator = members[0].generator  # the protocol's attribute; an ensemble is not trained
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
-        return _merge([m.encode(src, src_mask) for m in self.members])
+        """The members' memories, and the first member's mask as the ensemble's (members read one source)."""
+        parts = [m.encode(src, src_mask) for m in self.members]
+        return {**_merge(parts), "mask": parts[0]["mask"]}
 
     def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None,
                     attention: bool = False) -> tuple[Tensor, State]:

@@ -1,6 +1,12 @@
 """The one protocol every sequence model satisfies; search, scoring and serving use nothing else.
 
-B batch, S source length, T target length, V target vocabulary.
+B batch, S source length, M memory positions, T target length, V target vocabulary.
+
+Sources: `src` is whatever the model's front-end reads, batch first and padded: token ids (B, S), feature frames
+(B, S, F) or images (B, C, H, W); `src_mask` (bool, True = real) has the source's layout without its feature or
+channel axis: (B, S) or (B, H, W). `encode` returns the memory, which always holds "mask" (B, M): the real
+memory positions (tokens, frames, grid cells), real ones first in each row. Search reads nothing else of a
+source: length limits are a * (real memory positions) + b, and returned attention is cut to them.
 
 `memory` (from `encode`) and `state` (from `decode_step`) are dicts of tensors whose first dimension is the
 batch. That single rule is what lets search stay architecture-agnostic: beams are reordered and finished
@@ -35,7 +41,8 @@ State = dict[str, Tensor]
 @runtime_checkable
 class Seq2Seq(Protocol):
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
-        """src (B, S) ids, src_mask (B, S) bool (True = token) -> memory, batch-first tensors."""
+        """src (B, S) ids, (B, S, F) frames or (B, C, H, W) images with their mask -> memory, batch-first
+        tensors, memory["mask"] (B, M) among them."""
         ...
 
     def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None,
@@ -50,6 +57,14 @@ class Seq2Seq(Protocol):
         ...
 
     generator: nn.Linear  # the output layer F -> V (training applies it inside the loss, a slice at a time)
+
+
+def auxiliary_loss(model: nn.Module) -> Tensor | None:
+    """A regularisation term that a model adds to its training loss, from its last teacher-forced pass, summed
+    over the batch like the token losses (Show-Attend-Tell's doubly stochastic attention); None for models
+    without one (an optional method of the protocol)."""
+    term = getattr(model, "auxiliary_loss", None)
+    return term() if term is not None else None
 
 
 def check_sizes(section: str, cfg, positive: tuple[str, ...], probabilities: tuple[str, ...]) -> None:

@@ -56,8 +56,10 @@ class TransformerConfig:
             raise ValueError(f"model.position_offset={self.position_offset} needs positions 'learned' and >= 0")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"model.activation must be one of {list(ACTIVATIONS)}, not {self.activation!r}")
-        check_sizes("model", self, ("d_model", "heads", "ff_dim", "enc_layers", "dec_layers", "max_positions"),
+        check_sizes("model", self, ("d_model", "heads", "ff_dim", "dec_layers", "max_positions"),
                     ("dropout", "attn_dropout"))
+        if self.enc_layers < 0:
+            raise ValueError(f"model.enc_layers must be >= 0, got {self.enc_layers}")
         if self.activation_dropout is not None and not 0 <= self.activation_dropout < 1:
             raise ValueError(f"model.activation_dropout must be in [0, 1), got {self.activation_dropout}")
         if self.d_model % self.heads:
@@ -152,18 +154,24 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: TransformerConfig, src_vocab: int, tgt_vocab: int):
+    """Token ids in, or with a `frontend` any source: a module (src, src_mask) -> (features (B, M, D), mask
+    (B, M)) that replaces the source embedding and positions (models/image_encoder.py for images)."""
+
+    def __init__(self, cfg: TransformerConfig, src_vocab: int, tgt_vocab: int, frontend: nn.Module | None = None):
         super().__init__()
         self.cfg, D = cfg, cfg.d_model
         self.scale = math.sqrt(D) if cfg.scale_embeddings else 1.0
-        self.src_embed = nn.Embedding(src_vocab, D, padding_idx=PAD_ID)
+        self.frontend = frontend
+        self.src_embed = nn.Embedding(src_vocab, D, padding_idx=PAD_ID) if frontend is None else None
         if cfg.share_embeddings:
+            if frontend is not None:
+                raise ValueError("model.share_embeddings needs token ids on both sides")
             if src_vocab != tgt_vocab:
                 raise ValueError(f"share_embeddings needs one vocabulary ({src_vocab} != {tgt_vocab} tokens)")
             self.tgt_embed = self.src_embed
         else:
             self.tgt_embed = nn.Embedding(tgt_vocab, D, padding_idx=PAD_ID)
-        self.src_pos = Positions(cfg.positions, cfg.max_positions, D, cfg.position_offset)
+        self.src_pos = Positions(cfg.positions, cfg.max_positions, D, cfg.position_offset) if frontend is None else None
         self.tgt_pos = Positions(cfg.positions, cfg.max_positions, D, cfg.position_offset)
         self.src_embed_norm = nn.LayerNorm(D) if cfg.embed_norm else nn.Identity()
         self.tgt_embed_norm = nn.LayerNorm(D) if cfg.embed_norm else nn.Identity()
@@ -182,17 +190,22 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() == 2 and "embed" not in name:
                 nn.init.xavier_uniform_(p)
-        for emb in (self.src_embed, self.tgt_embed):
+        for emb in (e for e in (self.src_embed, self.tgt_embed) if e is not None):
             nn.init.normal_(emb.weight, std=self.cfg.d_model ** -0.5)  # unit variance after the sqrt(D) scale
             with torch.no_grad():
                 emb.weight[PAD_ID].zero_()
 
     # --- protocol -------------------------------------------------------------------------------------
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
-        B, S = src.shape
-        tokens = Tokens(src_mask)
-        ids, pos = tokens.pack(src), tokens.pack(torch.arange(S, device=src.device).expand(B, S))  # (N,)
-        x = self.drop(self.src_embed_norm(self.src_embed(ids) * self.scale + self.src_pos(pos)))  # (N, D)
+        if self.frontend is None:
+            B, S = src.shape
+            tokens = Tokens(src_mask)
+            ids, pos = tokens.pack(src), tokens.pack(torch.arange(S, device=src.device).expand(B, S))  # (N,)
+            x = self.drop(self.src_embed_norm(self.src_embed(ids) * self.scale + self.src_pos(pos)))  # (N, D)
+        else:
+            feats, src_mask = self.frontend(src, src_mask)  # (B, M, D), (B, M)
+            tokens = Tokens(src_mask)
+            x = self.drop(self.src_embed_norm(tokens.pack(feats)))  # (N, D)
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         for layer in self.encoder:
             x = layer(x, tokens, mask)

@@ -26,6 +26,7 @@ from crossway.data.text import Example, Pair, encode_pairs, iter_corpus
 from crossway.data.tokenizers import TextCodec, Vocab, make_tokenizer
 from crossway.errors import ConfigError, CrosswayError
 from crossway.evaluate import evaluate_pairs
+from crossway.models.interface import auxiliary_loss
 from crossway.training.checkpoint import resolve_checkpoint
 from crossway.training.losses import generator_ce
 from crossway.training.scheduled_sampling import training_loss, truth_probability
@@ -87,7 +88,8 @@ def text_loss(tc, model: nn.Module, b: Batch, step: int) -> tuple[Tensor, Tensor
     p_model = 1 - truth_probability(step, tc.ss_schedule, tc.ss_k, tc.ss_floor)
     loss, nll, _ = training_loss(model, b.src, b.src_mask, b.tgt_in, b.tgt_out, tc.scheduled_sampling, p_model,
                                  tc.label_smoothing)
-    return loss, nll
+    extra = auxiliary_loss(model)  # a model's own regulariser (Show-Attend-Tell's attention term), if any
+    return (loss, nll) if extra is None else (loss + extra, nll)
 
 
 def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log):
