@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Run every command that README.md and docs/*.md show in fenced code blocks, on small data (issues #22, #24:
-"every recipe and command in README and docs runs, on small data, in a test or script").
+"""Run every command that README.md and docs/*.md show in fenced code blocks, on small data, so that every
+documented recipe is known to work.
 
     python scripts/doc_commands.py                  # all commands; exit 1 if one fails
     python scripts/doc_commands.py --list           # the extracted commands, SOURCE:LINE<TAB>COMMAND
@@ -12,7 +12,8 @@ beside TMP/shared/data/bible (the Bible configs read ../shared/data/bible). What
 is printed under the command:
 - `crossway train` / `torchrun`: tiny budgets appended (a few steps; as many epochs as a later `average --last N`
   needs checkpoints; a small SentencePiece vocabulary), `--overwrite` when an earlier command made the run;
-- `crossway data shapes`: a small set; after `crossway data g2p` (run as printed) data/g2p is made small again;
+- `crossway data shapes|scenes|textlines`: a small set (textlines: a few sentences when --text names no file);
+  after `crossway data g2p` (run as printed) data/g2p is made small again;
 - `crossway serve`: a free port, in the background until its `curl` commands have run, then SIGTERM (it must
   stop cleanly, within a minute); `curl`: that port, and --fail-with-body so that an HTTP error fails;
 - a `[...]` part is optional and left out; a trailing `&` (run beside the next) runs in the foreground.
@@ -54,6 +55,11 @@ TRAIN_STEPS_PER_EPOCH = 3  # max_steps = 3 x epochs: the small data make 1-3 bat
 TRAIN_MINUTES = 2.0  # a safety net only: 0.5 cut 8-epoch runs short on a busy 2-core machine
 SPM_VOCAB = 400  # byte fallback takes 256 pieces; the rest fits the small Bible set
 SHAPES = {"size": 32, "train": 16, "valid": 4, "test": 4}
+SCENES = {"size": 32, "train": 24, "valid": 4, "test": 4}
+TEXTLINES = {"train": 16, "valid": 4, "test": 4}
+SENTENCES = ["In the beginning God created the heavens and the earth.", "The earth was formless and empty.",
+             "God said, Let there be light, and there was light.", "God saw the light, and saw that it was good.",
+             "God called the light Day, and the darkness he called Night.", "There was evening and there was morning."]
 G2P_ROWS = {"train": 240, "valid": 16, "test": 16}
 BIBLE_ROWS = {"train": 80, "valid": 8, "test": 8}
 BIBLE_WORDS = 12  # short verses: an untrained model decodes up to 1.5 x source length + 10 tokens
@@ -237,6 +243,11 @@ def write_g2p(data: Path) -> None:
         start += n
 
 
+def text_lines() -> str:
+    """Enough distinct lines that each split of `crossway data textlines` (5% valid, 5% test by hash) gets some."""
+    return "".join(f"{s} {i}\n" for i in range(50) for s in SENTENCES)
+
+
 def write_bible(dest: Path, source: Path) -> None:
     """The first short verses (at most BIBLE_WORDS words) of each split of the Bible corpus, header kept, or
     made-up pairs where the corpus is absent."""
@@ -289,12 +300,16 @@ def make_layout(top: Path) -> Path:
     comes later, when a command needs it: it takes transformers)."""
     from PIL import Image
 
-    from crossway import generate_shapes
+    from crossway import generate_scenes, generate_shapes, generate_textlines
 
     repo = top / "repo"
     shutil.copytree(REPO / "configs", repo / "configs")
     write_g2p(repo / "data/g2p")
     generate_shapes(repo / "data/shapes", SHAPES["train"], SHAPES["valid"], SHAPES["test"], SHAPES["size"], 0)
+    generate_scenes(repo / "data/scenes", SCENES["train"], SCENES["valid"], SCENES["test"], SCENES["size"], 0)
+    (repo / "lines.txt").write_text(text_lines())
+    generate_textlines(repo / "data/textlines", repo / "lines.txt", TEXTLINES["train"], TEXTLINES["valid"],
+                       TEXTLINES["test"])
     write_bible(top / "shared/data/bible", REPO.parent / "shared/data/bible")
     words = [ln.split("\t")[0] for ln in (repo / "data/g2p/test.tsv").read_text().splitlines()[:5]]
     (repo / "words.txt").write_text("\n".join([*words, "crossway"]) + "\n")
@@ -453,9 +468,17 @@ class Runner:
                 notes.append(f"at most {MAX_PROCS} processes")
         if argv[:1] == ["train"]:
             text = self._train_budget(cmd, text, argv, notes)
-        elif argv[:2] == ["data", "shapes"]:
-            text += "".join(f" --{k} {v}" for k, v in SHAPES.items())
+        elif argv[:2] in (["data", "shapes"], ["data", "scenes"]):
+            text += "".join(f" --{k} {v}" for k, v in (SHAPES if argv[1] == "shapes" else SCENES).items())
             notes.append("a small generated set")
+        elif argv[:2] == ["data", "textlines"]:
+            text += "".join(f" --{k} {v}" for k, v in TEXTLINES.items())
+            notes.append("a small generated set")
+            for name in option(argv, "--text"):
+                if not (self.repo / name).exists():
+                    (self.repo / name).parent.mkdir(parents=True, exist_ok=True)
+                    (self.repo / name).write_text(text_lines())
+                    notes.append(f"{name}: a few sentences")
         elif argv[:1] == ["serve"]:
             port = free_port()
             text = re.sub(r"--port[= ]\d+", f"--port {port}", text) if "--port" in text else f"{text} --port {port}"
