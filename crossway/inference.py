@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from crossway.data.batching import budget_batches
 from crossway.data.codecs import ImageFormat
 from crossway.data.tokenizers import TextCodec
 from crossway.decoding import DecodeConfig, Hypothesis, decode
@@ -108,19 +109,6 @@ def _too_long(costs: list[int], max_src_len: int | None, long_inputs: str, name:
                             "(the model's data.max_src_len; raise it with --max-src-len, or leave such lines' "
                             "outputs empty with --long-inputs skip)")
     return {i for i, c in enumerate(costs) if c > max_src_len}
-
-
-def budget_batches(costs: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Decoding batches of indices: sorted by cost, cut so that rows x largest cost <= max_tokens (an input
-    costlier than the budget is a batch of its own)."""
-    batches, current, largest = [], [], 0
-    for i in sorted(range(len(costs)), key=costs.__getitem__):
-        if current and max(largest, costs[i]) * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, largest = [], 0
-        current.append(i)
-        largest = max(largest, costs[i])
-    return batches + [current] if current else batches
 
 
 def _translation(hyp: Hypothesis, src: SourceCodec, item, tgt: TextCodec) -> Translation:

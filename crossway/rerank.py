@@ -106,7 +106,7 @@ def _scores(r: Rescorer, sources: list[str], outputs: list[str], max_tokens: int
     if isinstance(r, TextScorer):
         return list(r.score_texts(sources, outputs))
     pairs = [(r.src.encode(s), r.tgt.encode(o)) for s, o in zip(sources, outputs, strict=True)]
-    return sequence_scores(r.model, pairs, max_tokens)
+    return sequence_scores(r.model, pairs, max_tokens, r.src)
 
 
 def choose(outs: list[Translation], scored: Scored, weights: Sequence[float], alpha: float,

@@ -307,7 +307,7 @@ def _serve_process(run, port: int, *extra: str) -> subprocess.Popen:
 
 def test_sigterm_drains_in_flight_requests_then_exits(served_runs):
     port = free_port()
-    # generous limits (drain, deadline, client, join): ten slow requests one after another take a while on a slow machine
+    # generous limits (drain, deadline, client, join): ten slow requests in a row take a while on a slow machine
     proc = _serve_process(served_runs["transformer"], port, "--max-batch-inputs", "1", "--batch-wait-ms", "0",
                           "--drain-timeout", "600", "--timeout", "600")
     url = f"http://127.0.0.1:{port}"

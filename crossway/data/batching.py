@@ -112,3 +112,16 @@ def token_budget_batches(examples: Sequence[Example], max_tokens: int, shuffle: 
     if shuffle:
         rng.shuffle(batches)
     return batches
+
+
+def budget_batches(costs: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Decoding batches of indices: sorted by cost, cut so that rows x largest cost <= max_tokens (an input
+    costlier than the budget is a batch of its own)."""
+    batches, current, largest = [], [], 0
+    for i in sorted(range(len(costs)), key=costs.__getitem__):
+        if current and max(largest, costs[i]) * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, largest = [], 0
+        current.append(i)
+        largest = max(largest, costs[i])
+    return batches + [current] if current else batches

@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from crossway.data.batching import collate, example_cost, token_budget_batches
-from crossway.data.text import Example
-from crossway.data.tokenizers import PAD_ID
+from crossway.data.batching import budget_batches, pad
+from crossway.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from crossway.models.interface import Seq2Seq
 
 
@@ -28,17 +27,19 @@ def force_decode(model: Seq2Seq, src: Tensor, src_mask: Tensor, tgt_in: Tensor, 
     return total
 
 
-def sequence_scores(model: Seq2Seq, pairs: list[tuple[list[int], list[int]]], max_tokens: int = 4000) -> list[float]:
-    """log P(target + eos | source) for each (source ids, target ids) pair, batched by `max_tokens`."""
-    examples = [Example(s, t, i) for i, (s, t) in enumerate(pairs)]
+def sequence_scores(model: Seq2Seq, pairs: list[tuple], max_tokens: int = 4000, src=None) -> list[float]:
+    """log P(target + eos | source) for each (source, target ids) pair, batched by `max_tokens`. Sources are
+    source ids, or with `src` (a source codec: TextCodec, ImageFormat) what its `encode` made, collated by it."""
     device = next(model.parameters()).device
     model.eval()
     out = [0.0] * len(pairs)
-    longest = max((example_cost(e) for e in examples), default=1)
-    for index in token_budget_batches(examples, max(max_tokens, longest), shuffle=False):
-        b = collate([examples[i] for i in index], index)
-        scores = force_decode(model, b.src.to(device), b.src_mask.to(device), b.tgt_in.to(device),
-                              b.tgt_out.to(device))
+    costs = [max(src.cost(s) if src is not None else len(s), len(t) + 1) for s, t in pairs]
+    for index in budget_batches(costs, max_tokens):
+        sources = [pairs[i][0] for i in index]
+        x, mask = src.collate(sources) if src is not None else (pad(sources), pad(sources) != PAD_ID)
+        tgt_in = pad([[BOS_ID, *pairs[i][1]] for i in index])
+        tgt_out = pad([[*pairs[i][1], EOS_ID] for i in index])
+        scores = force_decode(model, x.to(device), mask.to(device), tgt_in.to(device), tgt_out.to(device))
         for i, s in zip(index, scores.tolist(), strict=True):
             out[i] = s
     return out

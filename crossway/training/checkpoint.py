@@ -152,7 +152,7 @@ def load_models(paths: list[str | Path], which: str = "best") -> LoadedModel:
 def ensemble_of(loaded: list[LoadedModel]) -> LoadedModel:
     """Loaded models as one (crossway.models.ensemble): the mean of their next-token probabilities; one model is
     returned as it is. Members must have the same source and target vocabularies; the ensemble's config
-    (decoding options) is the first member's, with the smallest of the members' `data.max_src_len`."""
+    (decoding options) is the first member's, with the smallest of the members' `data.max_src_len` (text)."""
     if len(loaded) == 1:
         return loaded[0]
     from crossway.models.ensemble import Ensemble
@@ -163,8 +163,10 @@ def ensemble_of(loaded: list[LoadedModel]) -> LoadedModel:
             if getattr(other, side).to_dict() != getattr(first, side).to_dict():
                 raise CheckpointError(f"{other.path}: its {side} vocabulary differs from {first.path}'s; "
                                       "ensemble members must share both vocabularies (train them on the same data)")
-    limit = min(m.config.data.max_src_len for m in loaded)
-    config = dataclasses.replace(first.config, data=dataclasses.replace(first.config.data, max_src_len=limit))
+    config = first.config
+    if hasattr(config.data, "max_src_len"):  # text sources: the shortest limit of the members
+        limit = min(m.config.data.max_src_len for m in loaded)
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, max_src_len=limit))
     return LoadedModel(Ensemble([m.model for m in loaded]).eval(), config, first.src, first.tgt, first.path)
 
 

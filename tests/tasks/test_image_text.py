@@ -68,6 +68,23 @@ def test_captions_files_bytes_and_tensors_alike_and_returns_attention_maps(run, 
     assert beam[0].text
 
 
+def test_ensembles_and_reranking_take_image_runs_unchanged(run, scenes):
+    from crossway.training.checkpoint import load_models
+
+    single = load_checkpoint(run)
+    pair = load_models([run, run])  # an ensemble of one model with itself has that model's probabilities
+    paths = sorted((scenes / "images").glob("test_*.png"))[:4]
+    cfg = DecodeConfig(strategy="beam", beam_size=3, n_best=3, max_len_a=0, max_len_b=16)
+    alone = caption(single.model, single.src, single.tgt, paths, cfg)
+    together = caption(pair.model, pair.src, pair.tgt, paths, cfg)
+    assert [o.text for o in alone] == [o.text for o in together]
+    assert [o.score for o in alone] == pytest.approx([o.score for o in together], abs=1e-4)
+    # reranking the n-best list by forced decoding through the same model keeps its best caption
+    reranked = caption(single.model, single.src, single.tgt, paths, cfg, rescorers=[single], weights=[0.0, 1.0])
+    assert [o.text for o in reranked] == [o.text for o in alone]
+    assert [o.score for o in reranked] == pytest.approx([o.score for o in alone], abs=1e-3)
+
+
 def test_bad_images_are_errors_naming_them(run, tmp_path):
     loaded = load_checkpoint(run)
     bad = tmp_path / "not_an_image.png"
