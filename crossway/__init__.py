@@ -1,5 +1,6 @@
 """crossway: encoder-decoder models in PyTorch. The CLI and the server only call what is exported here."""
 
+from crossway.api import Model, load
 from crossway.config import RunConfig, decode_overrides, load_config
 from crossway.data.captions import CaptionExample, read_captions
 from crossway.data.g2p import prepare_g2p
@@ -30,5 +31,6 @@ __all__ = [
     "load_checkpoint", "load_models", "decode_lines", "decode_overrides", "export_hf", "import_hf", "load_config",
     "prepare_g2p", "quantize", "read_lines", "rerank", "score_files", "set_threads", "train",
     "translate", "TileConfig", "evaluate_folder", "generate_shapes", "segment_files", "segment_image",
-    "CaptionExample", "generate_scenes", "generate_textlines", "read_captions", "caption", "evaluate_images",
+    "Model", "load", "CaptionExample", "generate_scenes", "generate_textlines", "read_captions", "caption",
+    "evaluate_images",
 ]

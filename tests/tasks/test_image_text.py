@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import crossway
 from crossway import load_checkpoint, train
 from crossway.config import RunConfig
 from crossway.data.codecs import ImageFormat
@@ -63,6 +64,8 @@ def test_captions_files_bytes_and_tensors_alike_and_returns_attention_maps(run, 
     assert by_path.text == by_bytes.text and by_path.text
     assert by_path.attention.shape[1:] == (8, 8)  # (T, h, w): 32 px / two stride-2 stages
     assert torch.allclose(by_path.attention.sum((1, 2)), torch.ones(by_path.attention.size(0)), atol=1e-5)
+    m = crossway.load(run)  # the front door: a path in, a caption out
+    assert m.caption(path) == by_path.text and m.caption([path, path], strategy="beam", beam_size=3)[0]
     beam = caption(loaded.model, loaded.src, loaded.tgt, [path], DecodeConfig(strategy="beam", beam_size=3,
                                                                                 max_len_a=0, max_len_b=16))
     assert beam[0].text

@@ -15,6 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import crossway
 from crossway import load_checkpoint, train
 from crossway.config import RunConfig
 from crossway.data.codecs import ClassNames, ImageFormat
@@ -90,6 +91,9 @@ def test_a_tiny_unet_learns_the_shapes(shapes, tmp_path):
     assert report["images"] == 12 and report["dice"] >= 0.85 and set(report["per_class"]) == set(loaded.tgt.names)
     start = records(tmp_path / "r", "start")[0]
     assert start["task"] == "segmentation" and "images_per_s" in records(tmp_path / "r", "train")[0]
+    image = next((shapes / "test" / "images").iterdir())
+    classes = crossway.load(tmp_path / "r").segment(image)  # the front door gives what segment_image gives
+    assert classes.shape == (32, 32) and set(classes.unique().tolist()) <= {0, 1, 2}
 
 
 def test_resume_continues_exactly(shapes, tmp_path):
