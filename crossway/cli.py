@@ -418,8 +418,34 @@ def _evaluate_text(args, loaded: cw.LoadedModel) -> None:
     if args.hyps:
         Path(args.hyps).write_text("".join(f"{s}\t{h}\n" for s, h in zip(result.sources, result.hypotheses,
                                                                           strict=True)), encoding="utf-8")
-    print(json.dumps(report, indent=2))
-    print(f"report written to {path}", file=sys.stderr)
+    print(_text_summary(report, len(args.model), loaded.config.train.metric, result.skipped))
+    print(f"report written to {path}" + (f", hypotheses to {args.hyps}" if args.hyps else ""), file=sys.stderr)
+
+
+def _text_summary(report: dict, n_models: int, run_metric: str, skipped) -> str:
+    """A few lines for people: what was decoded and how, the scores, what was left out or cut short. The
+    sacrebleu scores (when sacrebleu is installed) come first for a run that selects its checkpoints by one."""
+    d = report["decode"]
+    how = {"greedy": "greedy", "beam": f"beam {d['beam_size']}", "sample": "sampling"}[d["strategy"]]
+    if n_models > 1:
+        how += f", ensemble of {n_models}"
+    if "rescore" in report:
+        how += f", reranked with {len(report['rescore']['models'])} more"
+    rates = (f"WER {100 * report['wer']:.2f}%, PER {100 * report['per']:.2f}%, CER {100 * report['cer']:.2f}%, "
+             f"exact match {100 * report['exact_match']:.2f}%")
+    lines = [rates]
+    if "bleu" in report:
+        bleu = f"BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f}, TER {report['ter']:.2f}"
+        lines.insert(0 if run_metric in ("bleu", "chrf", "ter") else 1, bleu)
+    lines[0] = f"{report['n']} inputs of {report['data']} ({how}): {lines[0]}"
+    if report.get("skipped_lines"):
+        lines.append(skipped.summary() if skipped else f"{report['skipped_lines']} lines left out")
+    cut = [f"{report['unfinished']} outputs stopped at the length limit" if report.get("unfinished") else "",
+           f"{report['unknown_input_tokens']} input tokens not in the vocabulary were read as <unk>"
+           if report.get("unknown_input_tokens") else ""]
+    if any(cut):
+        lines.append("; ".join(c for c in cut if c))
+    return "\n  ".join(lines)
 
 
 def _evaluate_image_text(args, loaded: cw.LoadedModel) -> None:

@@ -123,10 +123,24 @@ def test_evaluate_writes_a_report(run, tmp_path):
     p = cw("evaluate", "--model", str(run["run"]), "--data", str(run["dir"] / "valid.tsv"), "--report",
            str(tmp_path / "r.json"), "--hyps", str(tmp_path / "h.tsv"))
     assert p.returncode == 0, p.stderr.decode()
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert {"wer", "per", "cer", "exact_match", "n"} <= set(report) and report["n"] > 0
-    assert json.loads(p.stdout) == report
+    report = json.loads((tmp_path / "r.json").read_text())  # the full report stays a file
+    assert {"wer", "per", "cer", "exact_match", "n", "skipped_lines", "unfinished"} <= set(report) and report["n"] > 0
+    assert report["model"] == str(run["run"]) and report["decode"]["strategy"] == "greedy"
     assert len((tmp_path / "h.tsv").read_text().splitlines()) == report["n"]
+    out = p.stdout.decode().splitlines()  # stdout: a short summary for people, not the JSON
+    assert out[0] == (f"{report['n']} inputs of {run['dir'] / 'valid.tsv'} (greedy): WER {100 * report['wer']:.2f}%, "
+                      f"PER {100 * report['per']:.2f}%, CER {100 * report['cer']:.2f}%, exact match "
+                      f"{100 * report['exact_match']:.2f}%")
+    assert len(out) <= 3 and "left out" not in p.stdout.decode()
+    if "bleu" in report:  # with sacrebleu installed; a WER-selected run lists it second
+        assert out[1] == f"  BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f}, TER {report['ter']:.2f}"
+    assert f"report written to {tmp_path / 'r.json'}, hypotheses to {tmp_path / 'h.tsv'}" in p.stderr.decode()
+    p = cw("evaluate", "--model", str(run["run"]), "--data", str(run["dir"] / "valid.tsv"), "decode.strategy=beam",
+           "decode.beam_size=3")
+    assert p.returncode == 0, p.stderr.decode()
+    default = run["run"] / "eval-valid.json"  # without --report: RUN/eval-<data name>.json
+    assert json.loads(default.read_text())["decode"]["beam_size"] == 3
+    assert "(beam 3): WER" in p.stdout.decode() and f"report written to {default}" in p.stderr.decode()
 
 
 def test_evaluate_skips_and_counts_blank_lines(run, tmp_path):
@@ -137,6 +151,8 @@ def test_evaluate_skips_and_counts_blank_lines(run, tmp_path):
     assert p.returncode == 0, p.stderr.decode()
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["skipped_lines"] == 2 and report["n"] == len({r.split("\t")[0] for r in rows})
+    assert (f"{data}: {len(rows)} examples kept; 2 skipped (empty source or target; first at line 1, 12)"
+            in p.stdout.decode())
 
 
 def test_evaluate_and_translate_an_ensemble(served_runs, tmp_path):
@@ -147,6 +163,7 @@ def test_evaluate_and_translate_an_ensemble(served_runs, tmp_path):
     assert p.returncode == 0, p.stderr.decode()
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["model"] == runs and report["n"] > 0
+    assert "(greedy, ensemble of 2): WER" in p.stdout.decode()
     assert_clean_error(cw("evaluate", *models, "--data", str(data)), "--report")
     p = cw("translate", *models, "decode.strategy=beam", stdin="abc\nhgfe\n")
     assert p.returncode == 0 and len(p.stdout.decode().splitlines()) == 2, p.stderr.decode()
@@ -164,6 +181,7 @@ def test_graphone_trains_and_rescores(run, tmp_path):
         assert p.returncode == 0, p.stderr.decode()
         report = json.loads((tmp_path / "r.json").read_text())
         assert report["rescore"] == {"models": [str(g)], "weights": [1.0, 0.5]} and report["n"] > 0
+        assert "(beam 5, reranked with 1 more): WER" in p.stdout.decode()
     assert_clean_error(cw("graphone", train, "--out", str(tmp_path / "x"), "--order", "0"), "graphone.order")
     assert_clean_error(cw("graphone", str(tmp_path / "none.tsv"), "--out", str(tmp_path / "x")), "none.tsv")
     (tmp_path / "bad.tsv").write_text("abc\tc b a\nabd\n")

@@ -12,7 +12,8 @@ first: search cuts attention to a row's real positions by count, whatever the so
 
 Padding never leaks: the encoder pads H and W to multiples of its stride and zeroes every padded pixel and cell
 after every convolution, so in eval mode (BatchNorm's running statistics) an image encodes the same alone and in
-a padded batch.
+a padded batch. `rows` > 0 averages each column of cells down to that many rows (1 for text lines: a left-to-right
+sequence of columns, as CRNN-style recognisers read a line).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ class ImageEncoder(nn.Module):
     """images (B, C, H, W) float, pixel mask (B, H, W) bool -> annotations (B, M, D), memory mask (B, M)."""
 
     def __init__(self, channels: int, dim: int, stages: int = 3, base_channels: int = 32, blocks: int = 1,
-                 norm: str = "batch", positions: bool = True):
+                 norm: str = "batch", positions: bool = True, rows: int = 0):
         super().__init__()
-        self.stride, self.dim, self.positions = 2 ** stages, dim, positions
+        self.stride, self.dim, self.positions, self.rows = 2 ** stages, dim, positions, rows
         self.stem = nn.Sequential(nn.Conv2d(channels, base_channels, 3, 1, 1, bias=False),
                                   make_norm(norm, base_channels), nn.ReLU())
         self.stages = nn.ModuleList()
@@ -86,6 +87,9 @@ class ImageEncoder(nn.Module):
             for b in blocks:
                 x = b(x, keep)
         x = self.proj(x) * keep  # (B, D, h, w)
+        if self.rows and x.size(2) > self.rows:  # text lines: average each column's cells down to `rows` rows
+            x, keep = (F.adaptive_avg_pool2d(t, (self.rows, t.size(3))) for t in (x, keep))
+            x, keep = x / keep.clamp(min=1e-6) * (keep > 0), (keep > 0).to(x.dtype)  # a mean over real cells
         h, w = x.shape[2:]
         if self.positions:  # half the channels say the row, half the column
             half = self.dim // 2
@@ -98,10 +102,14 @@ class ImageEncoder(nn.Module):
 
 def grid_shape(height: int, width: int, positions: int) -> tuple[int, int]:
     """(h, w) of the grid an encoder of some power-of-two stride made from a height x width image, given its
-    number of memory positions; its attention (..., M) reads as (..., w, h) -> transpose to (..., h, w)."""
-    for k in range(12):
-        s = 2 ** k
-        h, w = -(-height // s), -(-width // s)
-        if h * w == positions:
-            return h, w
+    number of memory positions (fewer rows than the stride gives when the encoder averages rows); its attention
+    (..., M) reads as (..., w, h) -> transpose to (..., h, w)."""
+    for pooled in (False, True):
+        for k in range(12):
+            s = 2 ** k
+            h, w = -(-height // s), -(-width // s)
+            if not pooled and h * w == positions:
+                return h, w
+            if pooled and positions % w == 0 and positions // w < h:
+                return positions // w, w
     raise ValueError(f"{positions} memory positions match no power-of-two grid of a {width}x{height} image")

@@ -48,6 +48,7 @@ class SATConfig:
     norm: str = "batch"  # batch | group | instance | none
     dim: int = 256  # annotation size D (= d_model of the Transformer decoder)
     positions: bool = True  # 2-D sinusoidal positions added to the annotations
+    grid_rows: int = 0  # > 0: average each column of the grid down to this many rows (1 suits text lines)
     dropout: float = 0.3
     # lstm decoder
     embed_dim: int = 128
@@ -68,15 +69,16 @@ class SATConfig:
             raise ValueError(f"model.norm must be one of {list(NORMS)}, not {self.norm!r}")
         check_sizes("model", self, ("stages", "base_channels", "blocks", "dim", "embed_dim", "hidden", "attn_dim",
                                     "dec_layers", "heads", "ff_dim"), ("dropout",))
-        if self.attention_reg < 0 or self.enc_layers < 0:
-            raise ValueError(f"model.attention_reg and model.enc_layers must be >= 0 (got {self.attention_reg}, "
-                             f"{self.enc_layers})")
+        if self.attention_reg < 0 or self.enc_layers < 0 or self.grid_rows < 0:
+            raise ValueError(f"model.attention_reg, model.enc_layers and model.grid_rows must be >= 0 (got "
+                             f"{self.attention_reg}, {self.enc_layers}, {self.grid_rows})")
         if self.decoder == "transformer" and self.dim % self.heads:
             raise ValueError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
 
 
 def image_encoder(cfg: SATConfig, channels: int) -> ImageEncoder:
-    return ImageEncoder(channels, cfg.dim, cfg.stages, cfg.base_channels, cfg.blocks, cfg.norm, cfg.positions)
+    return ImageEncoder(channels, cfg.dim, cfg.stages, cfg.base_channels, cfg.blocks, cfg.norm, cfg.positions,
+                        cfg.grid_rows)
 
 
 class ShowAttendTell(nn.Module):

@@ -12,7 +12,8 @@ from tests.models.grouped import grouped_and_repeated_steps
 
 V = 14
 DECODERS = [{"decoder": "lstm"}, {"decoder": "transformer", "dec_layers": 2, "dim": 64, "heads": 4, "ff_dim": 128},
-            {"decoder": "transformer", "enc_layers": 1, "dim": 64, "heads": 4, "ff_dim": 128}]
+            {"decoder": "transformer", "enc_layers": 1, "dim": 64, "heads": 4, "ff_dim": 128, "grid_rows": 1},
+            {"decoder": "lstm", "grid_rows": 2}]
 
 
 def model(**kw) -> torch.nn.Module:
@@ -136,6 +137,15 @@ def test_no_term_in_eval_or_when_off():
     m = model(attention_reg=0.0).train()
     m(x, mask, tgt)
     assert m.auxiliary_loss() is None
+
+
+def test_grid_rows_average_columns():
+    m = model(grid_rows=1)
+    x, mask = images((40, 24), height=20)
+    memory = m.encode(x, mask)
+    assert memory["mask"].sum(1).tolist() == [10, 6]  # one row of 4-pixel-wide columns
+    (h,), (h2,) = decode(m, x, mask, DecodeConfig(max_len_a=0, max_len_b=3, return_attention=True))
+    assert grid_shape(20, 40, h.attention.size(-1)) == (1, 10) and grid_shape(20, 24, h2.attention.size(-1)) == (1, 6)
 
 
 def test_bad_options():
