@@ -144,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     av.set_defaults(func=_average)
 
     sv = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn; pip install crossway[serve]): "
-                                      "POST /v1/translate for a text run, POST /v1/segment for a segmentation run")
+                                      "POST /v1/translate for a text run, POST /v1/segment for a segmentation run, "
+                                      "POST /v1/caption for an image-to-text run")
     sv.add_argument("--model", required=True, help="run directory (or a checkpoint directory)")
     sv.add_argument("--checkpoint", default="best", choices=["best", "last"])
     sv.add_argument("--host", default="127.0.0.1")
@@ -155,9 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-inputs", type=int, default=64, help="inputs per request")
     sv.add_argument("--max-input-tokens", type=int, default=0, help="tokens per input (default: data.max_src_len)")
     sv.add_argument("--max-body-bytes", type=int, default=1_000_000, help="JSON request bodies (413 above)")
-    sv.add_argument("--max-image-bytes", type=int, default=20_000_000, help="segmentation: image bodies (413 above)")
+    sv.add_argument("--max-image-bytes", type=int, default=20_000_000, help="image runs: image bodies (413 above)")
     sv.add_argument("--max-image-pixels", type=int, default=16_777_216,
-                    help="segmentation: declared width x height (413 above, checked before decoding)")
+                    help="image runs: declared width x height (413 above, checked before decoding)")
     sv.add_argument("--tile", type=int, default=512, help="segmentation: the largest window segmented at once; "
                                                          "larger images go in overlapping tiles (0 = whole images)")
     sv.add_argument("--overlap", type=int, default=32, help="segmentation: default tile overlap (at most tile / 2)")
