@@ -1,5 +1,5 @@
 """One engine decoding one batch over and over, for a sampling profiler: where does the time of crossway's
-decoding go, and where does CTranslate2's go, on the same weights and the same work (issue 5's profile evidence).
+decoding go, and where does CTranslate2's go, on the same weights and the same work (docs/results.md's perf table).
 
 Uses the random-weight Marian-shaped models that `bench/speed.py` builds and caches (run it once first): a batch
 of 32 random sources of 20-40 tokens, every sentence forced to --length target tokens (min == max), so both

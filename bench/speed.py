@@ -1,4 +1,4 @@
-"""Decoding speed: crossway against Hugging Face generate() and CTranslate2 on identical weights (issue 5).
+"""Decoding speed: crossway against Hugging Face generate() and CTranslate2 on identical weights.
 
 A Marian-shaped model (MarianMTModel: post-norm, split sinusoidal positions, swish, shared and tied embeddings,
 one SentencePiece vocabulary of 8,000 trained on the English and Spanish Bible training text) is saved in the

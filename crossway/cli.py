@@ -419,7 +419,7 @@ def _evaluate_text(args, loaded: cw.LoadedModel) -> None:
     if args.hyps:
         Path(args.hyps).write_text("".join(f"{s}\t{h}\n" for s, h in zip(result.sources, result.hypotheses,
                                                                           strict=True)), encoding="utf-8")
-    print(_text_summary(report, len(args.model), loaded.config.train.metric, result.skipped))
+    print(_text_summary(report, len(args.model), loaded.config.train.metric, result.skipped), flush=True)
     print(f"report written to {path}" + (f", hypotheses to {args.hyps}" if args.hyps else ""), file=sys.stderr)
 
 

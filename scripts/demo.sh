@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: prepare CMUdict G2P data, train a small attention GRU for a few minutes, show predictions and
-# the test-split WER/PER. Sets up .venv first. Safe to run again: it starts a fresh run each time.
+# The main job: prepare CMUdict G2P data, train a small attention GRU for a few minutes, show predictions, and end
+# on the test split's WER/PER, its size and where the full report is. Sets up .venv first. Safe to run again: it
+# starts a fresh run each time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
@@ -13,5 +14,5 @@ words=$(mktemp)
 printf '%s\n' crossway tokenizer encoder decoder attention phoneme pytorch bahdanau supercalifragilistic > "$words"
 $cw translate --model runs/g2p-demo --input "$words" | paste "$words" -
 rm -f "$words"
-echo "== test split"
-$cw evaluate --model runs/g2p-demo --data data/g2p/test.tsv
+echo "== test split (WER: words with any phoneme wrong; PER: phoneme edits per reference phoneme)"
+$cw evaluate --model runs/g2p-demo --data data/g2p/test.tsv   # a short summary; the full JSON report in the run

@@ -124,13 +124,13 @@ def test_evaluate_writes_a_report(run, tmp_path):
            str(tmp_path / "r.json"), "--hyps", str(tmp_path / "h.tsv"))
     assert p.returncode == 0, p.stderr.decode()
     report = json.loads((tmp_path / "r.json").read_text())  # the full report stays a file
-    assert {"wer", "per", "cer", "exact_match", "n", "skipped_lines", "unfinished"} <= set(report) and report["n"] > 0
-    assert report["model"] == str(run["run"]) and report["decode"]["strategy"] == "greedy"
+    assert {"wer", "per", "cer", "exact_match", "n", "skipped_lines", "unfinished"} <= set(report)
+    assert report["model"] == str(run["run"] / "best") and report["decode"]["strategy"] == "greedy" and report["n"] > 0
     assert len((tmp_path / "h.tsv").read_text().splitlines()) == report["n"]
     out = p.stdout.decode().splitlines()  # stdout: a short summary for people, not the JSON
-    assert out[0] == (f"{report['n']} inputs of {run['dir'] / 'valid.tsv'} (greedy): WER {100 * report['wer']:.2f}%, "
-                      f"PER {100 * report['per']:.2f}%, CER {100 * report['cer']:.2f}%, exact match "
-                      f"{100 * report['exact_match']:.2f}%")
+    assert out[0] == (f"{report['n']} inputs of {run['dir'] / 'valid.tsv'} (greedy): WER "
+                      f"{100 * report['wer']:.2f}%, PER {100 * report['per']:.2f}%, CER {100 * report['cer']:.2f}%, "
+                      f"exact match {100 * report['exact_match']:.2f}%")
     assert len(out) <= 3 and "left out" not in p.stdout.decode()
     if "bleu" in report:  # with sacrebleu installed; a WER-selected run lists it second
         assert out[1] == f"  BLEU {report['bleu']:.2f}, chrF {report['chrf']:.2f}, TER {report['ter']:.2f}"
