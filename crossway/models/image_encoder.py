@@ -61,10 +61,15 @@ class ImageEncoder(nn.Module):
     """images (B, C, H, W) float, pixel mask (B, H, W) bool -> annotations (B, M, D), memory mask (B, M)."""
 
     def __init__(self, channels: int, dim: int, stages: int = 3, base_channels: int = 32, blocks: int = 1,
-                 norm: str = "batch", positions: bool = True, rows: int = 0):
+                 norm: str = "batch", positions: bool = True, rows: int = 0, stem_stride: int = 1):
         super().__init__()
-        self.stride, self.dim, self.positions, self.rows = 2 ** stages, dim, positions, rows
-        self.stem = nn.Sequential(nn.Conv2d(channels, base_channels, 3, 1, 1, bias=False),
+        if stem_stride not in (1, 2, 4):
+            raise ValueError(f"model.stem_stride must be 1, 2 or 4, not {stem_stride}")
+        self.stride, self.dim, self.positions, self.rows = stem_stride * 2 ** stages, dim, positions, rows
+        self.stem_stride = stem_stride
+        k = 3 if stem_stride == 1 else 2 * stem_stride  # a strided stem sees each pixel: 4x4/2 or 8x8/4
+        self.stem = nn.Sequential(nn.Conv2d(channels, base_channels, k, stem_stride, (k - stem_stride) // 2 if
+                                            stem_stride > 1 else 1, bias=False),
                                   make_norm(norm, base_channels), nn.ReLU())
         self.stages = nn.ModuleList()
         cin = base_channels
@@ -81,7 +86,10 @@ class ImageEncoder(nn.Module):
         keep = mask[:, None].to(images.dtype)  # (B, 1, H, W)
         if ph or pw:
             images, keep = F.pad(images, (0, pw, 0, ph)), F.pad(keep, (0, pw, 0, ph))
-        x = self.stem(images * keep) * keep
+        images = images * keep  # padded pixels are zero, whatever the caller put there
+        if self.stem_stride > 1:
+            keep = F.max_pool2d(keep, self.stem_stride)
+        x = self.stem(images) * keep
         for blocks in self.stages:
             keep = F.max_pool2d(keep, 2)  # a cell is real when any pixel under it is
             for b in blocks:

@@ -42,7 +42,8 @@ class SATConfig:
     arch: str = "sat"
     decoder: str = "lstm"  # lstm (Show, Attend and Tell) | transformer (a Transformer decoder over the same grid)
     # the CNN encoder: `stages` stride-2 stages of `blocks` residual blocks, base_channels doubled per stage
-    stages: int = 3  # grid cell = 2**stages pixels square
+    stages: int = 3  # grid cell = stem_stride * 2**stages pixels square
+    stem_stride: int = 1  # 1: a 3x3 stem at full resolution (the most detail); 2 or 4: a strided stem (cheaper)
     base_channels: int = 32
     blocks: int = 1
     norm: str = "batch"  # batch | group | instance | none
@@ -72,13 +73,15 @@ class SATConfig:
         if self.attention_reg < 0 or self.enc_layers < 0 or self.grid_rows < 0:
             raise ValueError(f"model.attention_reg, model.enc_layers and model.grid_rows must be >= 0 (got "
                              f"{self.attention_reg}, {self.enc_layers}, {self.grid_rows})")
+        if self.stem_stride not in (1, 2, 4):
+            raise ValueError(f"model.stem_stride must be 1, 2 or 4, not {self.stem_stride}")
         if self.decoder == "transformer" and self.dim % self.heads:
             raise ValueError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
 
 
 def image_encoder(cfg: SATConfig, channels: int) -> ImageEncoder:
     return ImageEncoder(channels, cfg.dim, cfg.stages, cfg.base_channels, cfg.blocks, cfg.norm, cfg.positions,
-                        cfg.grid_rows)
+                        cfg.grid_rows, cfg.stem_stride)
 
 
 class ShowAttendTell(nn.Module):

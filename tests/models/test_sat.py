@@ -13,7 +13,7 @@ from tests.models.grouped import grouped_and_repeated_steps
 V = 14
 DECODERS = [{"decoder": "lstm"}, {"decoder": "transformer", "dec_layers": 2, "dim": 64, "heads": 4, "ff_dim": 128},
             {"decoder": "transformer", "enc_layers": 1, "dim": 64, "heads": 4, "ff_dim": 128, "grid_rows": 1},
-            {"decoder": "lstm", "grid_rows": 2}]
+            {"decoder": "lstm", "grid_rows": 2}, {"decoder": "lstm", "stem_stride": 2, "stages": 1}]
 
 
 def model(**kw) -> torch.nn.Module:
