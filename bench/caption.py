@@ -8,7 +8,9 @@ about 8 minutes of training per system plus validation, timing and decoding (abo
     python bench/caption.py --minutes 0.3 --data /tmp/scenes-tiny --out /tmp/capbench   # smoke run
     python bench/caption.py --task ocr --minutes 8                           # text lines: data/textlines, CER/WER
 
-Systems: sat (configs/caption_sat.yaml's model), sat_noreg (the same, model.attention_reg=0: the doubly
+Systems: sat (configs/caption_sat.yaml's model: a strided stem), sat_stem1 and sat_transformer_stem1 (a
+full-resolution 3x3 stem and three stages instead: the same 8 x 8 grid, twice the encoder's work), sat_noreg (the
+same as sat, model.attention_reg=0: the doubly
 stochastic attention regulariser off), sat_transformer (the same CNN grid, model.decoder=transformer: 1 decoder
 layer, 4 heads, ff 1024, the size the parameter budget allows at the config's d=256), hf (ViT 4 layers + GPT-2
 2 layers, d=128, 4 heads, ff 512; GPT-2 rather than BERT because it is pre-norm like ViT and crossway's Transformer
@@ -71,11 +73,14 @@ from crossway.training.optim import build_optimizer, lr_factor, set_lr  # noqa: 
 from crossway.training.precision import Precision  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEMS = ("sat", "sat_transformer", "hf", "sat_noreg")
+SYSTEMS = ("sat", "sat_transformer", "hf", "sat_noreg", "sat_stem1", "sat_transformer_stem1")
 TASKS = {"caption": (ROOT / "configs/caption_sat.yaml", "data/scenes"),
          "ocr": (ROOT / "configs/ocr_sat.yaml", "data/textlines")}
 MODEL = {"sat": [], "sat_noreg": ["model.attention_reg=0"],
          "sat_transformer": ["model.decoder=transformer", "model.dec_layers=1", "model.heads=4", "model.ff_dim=1024"]}
+STEM1 = ["model.stem_stride=1", "model.stages=3"]  # a full-resolution 3x3 stem, then three stages: the same 8 x 8 grid
+MODEL["sat_stem1"] = STEM1
+MODEL["sat_transformer_stem1"] = MODEL["sat_transformer"] + STEM1
 HF = {"hidden": 128, "enc_layers": 4, "dec_layers": 2, "heads": 4, "ff": 512, "patch": 8}
 DECODE_BATCH = 32
 NO_LIMIT = 100_000  # epochs and patience: the budget is minutes, never epochs or early stopping
