@@ -320,7 +320,7 @@ def main() -> None:
     base = run_config(args, "sat")
     task = ImageTextTask(base, None, lambda *a, **k: None)  # the peers read crossway's batches through it
     d, fmt, tgt = base.data, task.src, task.tgt
-    test = read_image_text(d.test, d, fmt, None)
+    test = read_image_text(d.test, d, fmt)
     width = max(x.size(2) for split in (task.train, task.valid, test) for x in split.images)
     width += -width % HF["patch"]  # the ViT's fixed width: the widest image, padded on the right
     max_len = max(len(ids) for _, ids, _ in task.train.pairs) + 1

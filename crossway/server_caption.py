@@ -36,7 +36,7 @@ from crossway.errors import ConfigError, DataError
 from crossway.inference import Translation, caption
 from crossway.plots import attention_matrix
 from crossway.quantize import quantize
-from crossway.server import RequestError, ServeConfig, ServerState, check_task, openapi_errors
+from crossway.server import RequestError, ServeConfig, ServerState, check_task
 from crossway.server_segment import (
     IMAGE_BODY,
     IMAGE_TYPES,
@@ -45,6 +45,7 @@ from crossway.server_segment import (
     encode_png,
     image_error,
     image_header,
+    image_openapi_errors,
 )
 from crossway.training.checkpoint import LoadedModel, load_checkpoint
 
@@ -196,17 +197,10 @@ model call. Limits (GET /v1/info): the body's bytes, the declared pixels (checke
 decoding), the beam size and max_len_b."""
 
 _RESPONSES = {200: {"model": CaptionResponse, "description": "the caption, its score, n-best list and attention"},
-              **openapi_errors(
-                  e404="wrong_task: this server serves a run of another task (the error names its endpoint)",
-                  e413="body_too_large (over max_image_bytes, refused before it is read), or image_too_large "
-                       "(declared width x height over max_image_pixels, refused before decoding)",
-                  e415="unsupported_media_type: send the image's bytes as the body (" + ", ".join(IMAGE_TYPES) +
-                       "), not JSON or multipart",
-                  e422="invalid_image (empty, not PNG/JPEG/TIFF/BMP, truncated or corrupt, or too wide for a "
-                       "text-line model), unsupported_image (16-bit or float), invalid_request (a query "
-                       "parameter), invalid_options, beam_too_large, output_too_long",
-                  e429="queue_full: refused at once", e503="not_ready_loading, not_ready_draining, not_ready_failed",
-                  e504="deadline_exceeded")}
+              **image_openapi_errors(
+                  "invalid_image (empty, not PNG/JPEG/TIFF/BMP, truncated or corrupt, or too wide for a "
+                  "text-line model), unsupported_image (16-bit or float), invalid_request (a query "
+                  "parameter), invalid_options, beam_too_large, output_too_long")}
 
 
 def add_caption_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> None:

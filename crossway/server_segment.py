@@ -187,20 +187,25 @@ the image's size and equals `crossway.segment_image(model, image, TileConfig(til
 
 IMAGE_BODY = {"requestBody": {"required": True, "description": "the image file's bytes", "content": {
     t: {"schema": {"type": "string", "format": "binary"}} for t in (*IMAGE_TYPES, "application/octet-stream")}}}
+def image_openapi_errors(e422: str) -> dict:
+    """The error answers every image endpoint shares (404, 413, 415, 429, 503, 504), with its own 422s."""
+    return openapi_errors(
+        e404="wrong_task: this server serves a run of another task (the error names its endpoint)",
+        e413="body_too_large (over max_image_bytes, refused before it is read), or image_too_large "
+             "(declared width x height over max_image_pixels, refused before decoding)",
+        e415="unsupported_media_type: send the image's bytes as the body (" + ", ".join(IMAGE_TYPES) +
+             "), not JSON or multipart",
+        e422=e422, e429="queue_full: refused at once", e503="not_ready_loading, not_ready_draining, not_ready_failed",
+        e504="deadline_exceeded")
+
+
 _RESPONSES = {200: {"model": SegmentResponse, "content": {"image/png": {"schema": {"type": "string", "format":
                     "binary"}}}, "description": "format=png (default): the mask, a palette PNG whose pixel values "
                     "are the class ids (GET /v1/info names them); format=json: SegmentResponse"},
-              **openapi_errors(
-                  e404="wrong_task: this server serves a run of another task (the error names its endpoint)",
-                  e413="body_too_large (over max_image_bytes, refused before it is read), or image_too_large "
-                       "(declared width x height over max_image_pixels, refused before decoding)",
-                  e415="unsupported_media_type: send the image's bytes as the body (" + ", ".join(IMAGE_TYPES) +
-                       "), not JSON or multipart",
-                  e422="invalid_image (empty, not PNG/JPEG/TIFF/BMP, truncated or corrupt), unsupported_image "
-                       "(16-bit or float), invalid_request (a query parameter), tile_too_small, tile_too_large, "
-                       "invalid_options, no_gates, gates_image_too_large",
-                  e429="queue_full: refused at once", e503="not_ready_loading, not_ready_draining, not_ready_failed",
-                  e504="deadline_exceeded")}
+              **image_openapi_errors(
+                  "invalid_image (empty, not PNG/JPEG/TIFF/BMP, truncated or corrupt), unsupported_image "
+                  "(16-bit or float), invalid_request (a query parameter), tile_too_small, tile_too_large, "
+                  "invalid_options, no_gates, gates_image_too_large")}
 
 
 def add_segment_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> None:

@@ -67,17 +67,13 @@ def build_target_codec(d: ImageTextDataConfig, refs: list[list[str]]) -> TextCod
     return TextCodec(tok, Vocab.build((tok.tokenize(r) for rs in refs for r in rs), d.min_freq))
 
 
-def read_image_text(path: str, d: ImageTextDataConfig, fmt: ImageFormat, tgt: TextCodec | None,
-                    report: SkipReport | None = None) -> ImageTextSet:
-    """Read and check a split, load its images at the model's size; references are encoded when `tgt` is
-    given (else call `encode_targets` once the target codec is built)."""
+def read_image_text(path: str, d: ImageTextDataConfig, fmt: ImageFormat) -> ImageTextSet:
+    """Read and check a split and load its images at the model's size; `encode_targets` encodes the references
+    once the target codec is known."""
     examples = read_captions(path)
     images = [fmt.load(e.image) for e in examples]
     refs = [[r.lower() if d.lowercase else r for r in e.captions] for e in examples]
-    data = ImageTextSet(path, examples, images, refs, [])
-    if tgt is not None:
-        encode_targets(data, tgt, d.max_tgt_len, report or SkipReport(path))
-    return data
+    return ImageTextSet(path, examples, images, refs, [])
 
 
 def encode_targets(data: ImageTextSet, tgt: TextCodec, max_len: int, report: SkipReport) -> None:

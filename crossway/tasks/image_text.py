@@ -37,9 +37,8 @@ from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError, CrosswayError
 from crossway.inference import translate
 from crossway.metrics import line_error_rates
-from crossway.tasks.text import text_loss
+from crossway.tasks.text import teacher_forced_nll, text_loss
 from crossway.training.checkpoint import resolve_checkpoint
-from crossway.training.losses import generator_ce
 
 METRICS = ("loss", "bleu4", "cider", "cer", "wer", "exact_match")
 BUCKET_BATCHES = 50  # examples are sorted by image width within windows of this many batches
@@ -68,8 +67,8 @@ class ImageTextTask:
         self.src = d.image_format() if codecs is None else codecs[0]
         if not isinstance(self.src, ImageFormat) or not self.src.height:
             raise ConfigError("the run being continued does not read images as a sequence source")
-        self.train = read_image_text(d.train, d, self.src, None)
-        self.valid = read_image_text(d.valid, d, self.src, None)
+        self.train = read_image_text(d.train, d, self.src)
+        self.valid = read_image_text(d.valid, d, self.src)
         self.tgt: TextCodec = (codecs[1] if codecs else
                                _load_target(d.vocab) if d.vocab else build_target_codec(d, self.train.refs))
         for split in (self.train, self.valid):
@@ -111,18 +110,12 @@ class ImageTextTask:
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
-        nll, ntok = 0.0, 0
-        device = next(model.parameters()).device
         pairs, size = self.valid.pairs, self.cfg.data.batch_size
-        for k in range(0, len(pairs), size):
-            chunk = pairs[k: k + size]
-            b = collate(self.src, [self.valid.images[i] for i, _, _ in chunk], [t for _, t, _ in chunk],
-                        [w for _, _, w in chunk]).to(device)
-            _, batch_nll, n = generator_ce(model(b.src, b.src_mask, b.tgt_in, features=True), model.generator,
-                                           b.tgt_out, 0.0)
-            nll, ntok = nll + float(batch_nll), ntok + n
+        chunks = [pairs[k: k + size] for k in range(0, len(pairs), size)]
+        batches = (collate(self.src, [self.valid.images[i] for i, _, _ in c], [t for _, t, _ in c],
+                           [w for _, _, w in c]) for c in chunks)
         scores = score_images(model, self.src, self.tgt, self.valid, self.cfg.decode)["metrics"]
-        return {"loss": nll / max(1, ntok), **{k: scores[k] for k in METRICS if k in scores}}
+        return {"loss": teacher_forced_nll(model, batches), **{k: scores[k] for k in METRICS if k in scores}}
 
 
 def collate(fmt: ImageFormat, images: list[Tensor], targets: list[list[int]], lines: list) -> Batch:
@@ -148,7 +141,7 @@ def evaluate_images(loaded, path: str, cfg: DecodeConfig, report: str | Path | N
     """Score a loaded image-to-text run on a caption TSV or folder; with `report`, write the full JSON report
     (metrics, decoding options, every output) there. -> {"metrics": ..., "outputs": ...}."""
     d = loaded.config.data
-    data = read_image_text(path, d, loaded.src, None)
+    data = read_image_text(path, d, loaded.src)
     result = {"data": path, "decode": cfg.__dict__, **score_images(loaded.model, loaded.src, loaded.tgt, data, cfg)}
     if report:
         Path(report).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -72,15 +72,23 @@ class TextTask:
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Teacher-forced loss (per target token, no smoothing) and the task metrics of greedy decoding."""
-        nll, ntok = 0.0, 0
-        device = next(model.parameters()).device
-        for idx in token_budget_batches(self.valid, self.cfg.train.max_tokens, shuffle=False):
-            b = collate([self.valid[i] for i in idx], idx).to(device)
-            _, batch_nll, n = generator_ce(model(b.src, b.src_mask, b.tgt_in, features=True), model.generator,
-                                           b.tgt_out, 0.0)
-            nll, ntok = nll + float(batch_nll), ntok + n
+        batches = (collate([self.valid[i] for i in idx], idx)
+                   for idx in token_budget_batches(self.valid, self.cfg.train.max_tokens, shuffle=False))
         metrics = evaluate_pairs(model, self.src, self.tgt, self.valid_pairs, self.cfg.decode).metrics
-        return {"loss": nll / max(1, ntok), **{k: metrics[k] for k in METRICS if k in metrics}}
+        return {"loss": teacher_forced_nll(model, batches), **{k: metrics[k] for k in METRICS if k in metrics}}
+
+
+def teacher_forced_nll(model: nn.Module, batches) -> float:
+    """The validation loss: teacher-forced negative log-likelihood per target token (eos included, no
+    smoothing) over `batches` (Batch objects, moved to the model's device here)."""
+    nll, ntok = 0.0, 0
+    device = next(model.parameters()).device
+    for b in batches:
+        b = b.to(device)
+        _, batch_nll, n = generator_ce(model(b.src, b.src_mask, b.tgt_in, features=True), model.generator,
+                                       b.tgt_out, 0.0)
+        nll, ntok = nll + float(batch_nll), ntok + n
+    return nll / max(1, ntok)
 
 
 def text_loss(tc, model: nn.Module, b: Batch, step: int) -> tuple[Tensor, Tensor]:

@@ -82,10 +82,11 @@ def test_ensembles_and_reranking_take_image_runs_unchanged(run, scenes):
     together = caption(pair.model, pair.src, pair.tgt, paths, cfg)
     assert [o.text for o in alone] == [o.text for o in together]
     assert [o.score for o in alone] == pytest.approx([o.score for o in together], abs=1e-4)
-    # reranking the n-best list by forced decoding through the same model keeps its best caption
-    reranked = caption(single.model, single.src, single.tgt, paths, cfg, rescorers=[single], weights=[0.0, 1.0])
+    # reranking the n-best list by forced decoding through the same model, weighted 2, keeps its best caption
+    # and scores it 2 log P: the rescorer really read the images (a skipped rescorer would leave 1 log P)
+    reranked = caption(single.model, single.src, single.tgt, paths, cfg, rescorers=[single], weights=[0.0, 2.0])
     assert [o.text for o in reranked] == [o.text for o in alone]
-    assert [o.score for o in reranked] == pytest.approx([o.score for o in alone], abs=1e-3)
+    assert [o.score for o in reranked] == pytest.approx([2 * o.score for o in alone], abs=1e-3)
 
 
 def test_bad_images_are_errors_naming_them(run, tmp_path):
