@@ -6,6 +6,7 @@ from crossway.data.captions import CaptionExample, read_captions
 from crossway.data.g2p import prepare_g2p
 from crossway.data.scenes import generate_scenes
 from crossway.data.shapes import generate_shapes
+from crossway.data.speechgen import generate_speech
 from crossway.data.text import decode_lines, read_lines
 from crossway.data.textlines import generate_textlines
 from crossway.decoding import DecodeConfig, greedy_search
@@ -17,6 +18,7 @@ from crossway.inference import TranslateStats, Translation, caption, set_threads
 from crossway.quantize import QUANTIZE, quantize
 from crossway.rerank import Rescorer, load_rescorer, rerank
 from crossway.segment import TileConfig, evaluate_folder, segment_files, segment_image
+from crossway.speech import Transcript, evaluate_speech, transcribe
 from crossway.tasks.image_text import evaluate_images
 from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_models
 from crossway.training.loop import train
@@ -31,6 +33,6 @@ __all__ = [
     "load_checkpoint", "load_models", "decode_lines", "decode_overrides", "export_hf", "import_hf", "load_config",
     "prepare_g2p", "quantize", "read_lines", "rerank", "score_files", "set_threads", "train",
     "translate", "TileConfig", "evaluate_folder", "generate_shapes", "segment_files", "segment_image",
-    "Model", "load", "CaptionExample", "generate_scenes", "generate_textlines", "read_captions", "caption",
-    "evaluate_images",
+    "Model", "load", "CaptionExample", "generate_scenes", "generate_textlines", "generate_speech", "read_captions",
+    "caption", "evaluate_images", "Transcript", "evaluate_speech", "transcribe",
 ]

@@ -6,11 +6,13 @@
     m.translate(["crossway", "toolkit"], strategy="beam", beam_size=5)
     crossway.load("runs/caption-sat").caption("img1.png")
     crossway.load("runs/seg-unet").segment("img1.png")   # (H, W) class ids
+    crossway.load("runs/speech-whisper").transcribe("clip.flac", task="translate")
 
-Each method is the library call the command line makes (`translate`, `caption`, `segment_image`), with the run's
-own decoding options as defaults and any `DecodeConfig` field as a keyword. A string in gives a string out, a list
-gives a list; `details=True` gives the full records (`Translation`: tokens, score, attention, n-best alternatives).
-A method the run's task does not have, an unknown option or an argument of the wrong shape is a clear error.
+Each method is the library call the command line makes (`translate`, `caption`, `segment_image`,
+`transcribe`), with the run's own decoding options as defaults and any `DecodeConfig` field as a keyword. A
+string in gives a string out, a list gives a list; `details=True` gives the full records (`Translation`: tokens,
+score, attention, n-best alternatives; `Transcript` for speech). A method the run's task does not have, an
+unknown option or an argument of the wrong shape is a clear error.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from crossway.inference import Translation, translate
 from crossway.training.checkpoint import LoadedModel, load_models
 
 Image = str | Path | bytes | Tensor  # an image file, its bytes, or a (C, H, W) uint8 tensor
+Audio = str | Path | bytes | Tensor  # an audio file, its bytes, a (N,) waveform at 16 kHz or (T, F) features
 
 
 def load(run: str | Path | Sequence[str | Path], checkpoint: str = "best", threads: int = 0) -> Model:
@@ -98,9 +101,27 @@ class Model:
         pixels = image if isinstance(image, Tensor) else load_image(image, self.loaded.src.channels)
         return segment_image(self.loaded.model, pixels, TileConfig(tile=tile, overlap=overlap))
 
+    def transcribe(self, audio: Audio | Sequence[Audio], *, task: str = "transcribe", language: str | None = None,
+                   fallback: bool = True, details: bool = False, **options):
+        """Audio in, text out: task="transcribe" or "translate" (the decoder's task token). Long audio is cut
+        into windows; `details=True` gives `Transcript` records (each window's text, time span, mean
+        log-probability, compression ratio, the temperature it was decoded at, the full Translation)."""
+        from crossway.speech import transcribe
+
+        self._need("speech", "transcribe")
+        single = isinstance(audio, (str, Path, bytes, Tensor))
+        items = [audio] if single else _sequence(audio, (str, Path, bytes, Tensor), "audio",
+                                                 "paths, bytes, (N,) waveforms or (T, F) features")
+        outs = transcribe(self.loaded.model, self.loaded.src, self.loaded.tgt, items, self.decode_config(**options),
+                          task, language or self.loaded.config.data.language, fallback)
+        if details:
+            return outs[0] if single else outs
+        return outs[0].text if single else [o.text for o in outs]
+
     def _need(self, task: str, method: str) -> None:
         if self.task != task:
-            what = {"text": "translate", "image_to_text": "caption", "segmentation": "segment"}[self.task]
+            what = {"text": "translate", "image_to_text": "caption", "segmentation": "segment",
+                    "speech": "transcribe"}[self.task]
             raise ConfigError(f"{self.loaded.path} is a {self.task} run: it has no {method}(); use {what}()")
 
     @staticmethod

@@ -75,6 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     tx.add_argument("--max-chars", type=int, default=48, help="characters per line image at most (default 48)")
     tx.add_argument("--seed", type=int, default=0)
     tx.set_defaults(func=_data_textlines)
+    sp = data.add_parser("speech", help="generated speech set: lines of a text file spoken by espeak-ng (many voices, "
+                                        "speeds, pitches; noise) -> OUTDIR/audio/{train,valid,test}/*.flac, "
+                                        "OUTDIR/{train,valid,test}.tsv, OUTDIR/voices.json")
+    sp.add_argument("outdir")
+    sp.add_argument("--text", required=True, help="UTF-8 text file, one utterance a line; with --column, a TSV file "
+                                                  "with a header line")
+    sp.add_argument("--column", help="speak this column of the TSV file --text (a name from its header line)")
+    sp.add_argument("--translation-column", help="also write this column of the TSV file as `translation`")
+    sp.add_argument("--train", type=int, default=4000, help="training utterances (default 4000)")
+    sp.add_argument("--valid", type=int, default=200)
+    sp.add_argument("--test", type=int, default=200)
+    sp.add_argument("--max-words", type=int, default=20, help="lines of more words are left out (default 20)")
+    sp.add_argument("--max-seconds", type=float, default=20.0, help="longer audio is left out (default 20)")
+    sp.add_argument("--workers", type=int, default=2, help="utterances synthesized at once (default 2)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=_data_speech)
 
     tr = sub.add_parser("train", help="train a model from a YAML config")
     tr.add_argument("config", help="YAML file (see configs/)")
@@ -115,6 +131,19 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(cp)  # its positional arguments: the images, then any decode.key=value options
     cp.add_argument("--output", help="output file (default: stdout)")
     cp.set_defaults(func=_caption)
+
+    ts = sub.add_parser("transcribe", usage="crossway transcribe --model RUN [options] AUDIO... [decode.key=value ...]",
+                        help="transcribe (or translate) audio files with a speech run: one line per file, "
+                             "AUDIO<TAB>text; audio longer than the model's window is cut into windows, and a "
+                             "window whose output loops or is unsure is decoded again at rising temperatures")
+    _model_args(ts)  # its positional arguments: the audio files, then any decode.key=value options
+    ts.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
+                    help="the decoder's task token: transcribe (the spoken language) or translate")
+    ts.add_argument("--language", help="the spoken language's token (default: the run's data.language)")
+    ts.add_argument("--no-fallback", action="store_true",
+                    help="keep every window's first output (no temperature fallback)")
+    ts.add_argument("--output", help="output file (default: stdout)")
+    ts.set_defaults(func=_transcribe)
 
     ev = sub.add_parser("evaluate", help="decode a data file and score it (WER, PER, CER, exact match; BLEU, chrF "
                                          "and TER with sacrebleu), or score a hypothesis file (--score); for a "
@@ -239,7 +268,8 @@ def _rescore_args(p: argparse.ArgumentParser) -> None:
                    help="weights of the searching model's and each rescorer's log-probabilities (default: all 1)")
 
 
-COMMANDS = {"text": "crossway translate", "segmentation": "crossway segment", "image_to_text": "crossway caption"}
+COMMANDS = {"text": "crossway translate", "segmentation": "crossway segment", "image_to_text": "crossway caption",
+            "speech": "crossway transcribe"}
 
 
 def _load(args, task: str | None = "text") -> cw.LoadedModel:
@@ -306,6 +336,21 @@ def _data_textlines(args) -> None:
     print(f"{args.outdir}: {counts}; skipped: {skipped}; see {stats['readme']}")
 
 
+def _data_speech(args) -> None:
+    try:
+        stats = cw.generate_speech(args.outdir, args.text, args.train, args.valid, args.test, column=args.column,
+                                   translation_column=args.translation_column, max_words=args.max_words,
+                                   max_seconds=args.max_seconds, workers=args.workers, seed=args.seed,
+                                   log=lambda line: print(line, file=sys.stderr, flush=True))
+    except ValueError as e:
+        raise cw.ConfigError(str(e)) from None
+    counts = ", ".join(f"{s} {v['utterances']} utterances ({v['seconds'] / 3600:.2f} h, {v['voices']} voices)"
+                       for s, v in stats["splits"].items())
+    skipped = ", ".join(f"{k} {n}" for k, n in stats["skipped"].items() if n) or "nothing"
+    print(f"{args.outdir}: {counts}; {stats['hours']:.2f} h in {stats['seconds']:.0f} s; skipped: {skipped}; "
+          f"voices: {stats['voices']}")
+
+
 def _segment(args) -> None:
     cw.set_threads(args.threads)
     loaded = cw.load_checkpoint(args.model)
@@ -367,6 +412,22 @@ def _caption(args) -> None:
                    else f"{p}\t{h.text}\n"
                    for p, o in zip(args.images, outs, strict=True)
                    for r, h in enumerate([o, *o.alternatives][:cfg.n_best if cfg.strategy == "beam" else 1], 1))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def _transcribe(args) -> None:
+    args.audio = [a for a in args.overrides if not a.startswith("decode.")]
+    args.overrides = [a for a in args.overrides if a.startswith("decode.")]
+    if not args.audio:
+        raise cw.ConfigError("transcribe needs audio files: crossway transcribe --model RUN AUDIO... "
+                             "[decode.key=value]")
+    loaded = _load(args, task="speech")
+    outs = cw.transcribe(loaded.model, loaded.src, loaded.tgt, [Path(p) for p in args.audio], _decode_cfg(args, loaded),
+                         args.task, args.language or loaded.config.data.language, not args.no_fallback)
+    text = "".join(f"{p}\t{o.text}\n" for p, o in zip(args.audio, outs, strict=True))
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -460,8 +521,24 @@ def _evaluate_image_text(args, loaded: cw.LoadedModel) -> None:
     print(f"report written to {path}", file=sys.stderr)
 
 
+def _evaluate_speech(args, loaded: cw.LoadedModel) -> None:
+    if args.rescore or args.hyps or len(args.model) > 1:
+        raise cw.ConfigError("a speech run is evaluated alone, without --rescore or --hyps")
+    path = _report_path(args)
+    result = cw.evaluate_speech(loaded, args.data, _decode_cfg(args, loaded), report=path)
+    m, n = result["metrics"], len(result["outputs"])
+    scores = []
+    if "wer" in m:
+        scores.append(f"WER {100 * m['wer']:.2f}%, CER {100 * m['cer']:.2f}% (transcribe, normalised text)")
+    if "bleu" in m:
+        scores.append(f"BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f} (translate)")
+    print(f"{n} utterances of {args.data}: {'; '.join(scores) or 'scored'}")
+    print(f"report written to {path}", file=sys.stderr)
+
+
 # the run's task -> how to evaluate it
-EVALUATE = {"text": _evaluate_text, "segmentation": _evaluate_segmentation, "image_to_text": _evaluate_image_text}
+EVALUATE = {"text": _evaluate_text, "segmentation": _evaluate_segmentation, "image_to_text": _evaluate_image_text,
+            "speech": _evaluate_speech}
 
 
 def _average(args) -> None:

@@ -15,6 +15,7 @@ import yaml
 
 from crossway.data.image_text import ImageTextDataConfig
 from crossway.data.images import SegmentationDataConfig
+from crossway.data.speech import SpeechDataConfig
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError
 from crossway.metrics import METRICS, sacrebleu_available
@@ -122,13 +123,14 @@ class TrainConfig:
 
 
 # task -> the config class of its `data` section (the task classes themselves: crossway.tasks.TASKS)
-DATA_CONFIGS = {"text": DataConfig, "segmentation": SegmentationDataConfig, "image_to_text": ImageTextDataConfig}
+DATA_CONFIGS = {"text": DataConfig, "segmentation": SegmentationDataConfig, "image_to_text": ImageTextDataConfig,
+                "speech": SpeechDataConfig}
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     task: str = "text"  # text (text to text) | segmentation (image to mask) | image_to_text (captions, text
-    # lines); picks the data section's fields
+    # lines) | speech (transcription, speech translation); picks the data section's fields
     data: Any = field(default_factory=DataConfig)
     model: Any = field(default_factory=lambda: MODELS["rnn"][0]())
     train: TrainConfig = field(default_factory=TrainConfig)

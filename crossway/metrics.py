@@ -125,3 +125,36 @@ def sacrebleu_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict
         out[name] = metric.corpus_score(list(hyps), streams).score
         out["signatures"][name] = str(metric.get_signature())
     return out
+
+
+def normalize_english(text: str) -> str:
+    """The text normaliser applied before speech WER and CER: Unicode NFKC, lower case, every character that is
+    not a letter, digit or whitespace (punctuation, symbols, apostrophes: "God's" -> "gods") removed, except
+    hyphens and dashes, which become spaces ("well-known" -> "well known"), then whitespace folded to single
+    spaces. Simpler than Whisper's EnglishTextNormalizer: no spelling or number rewriting, so "24,000" stays
+    "24000" and must be transcribed as digits."""
+    import unicodedata
+
+    out = []
+    for ch in unicodedata.normalize("NFKC", text).lower():
+        cat = unicodedata.category(ch)
+        if ch.isspace() or cat == "Pd":
+            out.append(" ")
+        elif cat[0] in "LN" or cat[0] == "M":
+            out.append(ch)
+    return " ".join("".join(out).split())
+
+
+def speech_error_rates(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Corpus WER and CER after normalize_english: word (character) edits / reference words (characters),
+    summed over the corpus; exact_match on the normalised text."""
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    w_err = w_len = c_err = c_len = exact = 0
+    for h, r in zip(hyps, refs, strict=True):
+        h, r = normalize_english(h), normalize_english(r)
+        w_err, w_len = w_err + edit_distance(h.split(), r.split()), w_len + len(r.split())
+        c_err, c_len = c_err + edit_distance(h, r), c_len + len(r)
+        exact += h == r
+    n = len(hyps)
+    return {"n": n, "wer": w_err / max(1, w_len), "cer": c_err / max(1, c_len), "exact_match": exact / max(1, n)}

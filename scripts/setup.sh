@@ -11,6 +11,10 @@ stamp=".venv/.crossway-$extras-$(cat pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
+  if [ "$extras" = dev ]; then  # openai-whisper for the log-mel parity tests, without triton (GPU kernels, 1 GB)
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "openai-whisper==20250625" 2>&1 \
+      | grep -v "^WARNING: Location" || true
+  fi
   .venv/bin/python -c "import torch, crossway; assert torch.__version__.startswith('2.13.0'), torch.__version__"
   touch "$stamp"
 fi

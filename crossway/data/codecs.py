@@ -1,6 +1,7 @@
 """The two sides of a task's data as a checkpoint keeps them (vocab.json: {"src": ..., "tgt": ...}): a TextCodec
-for text, ImageFormat for images in, ClassNames for class maps out. Each has `size` (what the model is built
-with: vocabulary size, channels, classes) and a JSON round trip; `codec_from_dict` reads any of them back."""
+for text, ImageFormat for images in, AudioFormat (data/audio.py) for audio in, ClassNames for class maps out.
+Each has `size` (what the model is built with: vocabulary size, channels, mel bins, classes) and a JSON round
+trip; `codec_from_dict` reads any of them back."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossway.data.audio import AudioFormat
 from crossway.data.images import MAX_PIXELS, load_image, normalize_image
 from crossway.data.tokenizers import TextCodec
 from crossway.errors import DataError
@@ -109,7 +111,8 @@ class ClassNames:
         return cls(tuple(str(n) for n in d["names"]))
 
 
-CODECS = {"text": TextCodec.from_dict, "image": ImageFormat.from_dict, "classes": ClassNames.from_dict}
+CODECS = {"text": TextCodec.from_dict, "image": ImageFormat.from_dict, "audio": AudioFormat.from_dict,
+          "classes": ClassNames.from_dict}
 
 
 def codec_from_dict(d: dict):

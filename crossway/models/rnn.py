@@ -77,14 +77,20 @@ class RNNEncoder(nn.Module):
 
 class RNNSeq2Seq(nn.Module):
     """Encoder-decoder with an optional attention. `attention="none"` is the fixed context-vector model:
-    the decoder sees the source only through its initial state, the final encoder state."""
+    the decoder sees the source only through its initial state, the final encoder state.
 
-    def __init__(self, cfg: RNNConfig, src_vocab: int, tgt_vocab: int):
+    `encoder` replaces the token RNNEncoder (src_vocab is then unused) for other sources, e.g. LAS's pyramidal
+    listener over speech frames: (src, src_mask) -> (out (B, M, E), h (B, L, E), c (B, L, E) | None, mask (B, M)),
+    its final states for at least `layers` layers and its own mask over the M memory positions, real ones first.
+    """
+
+    def __init__(self, cfg: RNNConfig, src_vocab: int, tgt_vocab: int, encoder: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         E = cfg.hidden * (2 if cfg.bidirectional else 1)
-        self.encoder = RNNEncoder(src_vocab, cfg.emb_dim, cfg.hidden, cfg.enc_layers or cfg.layers,
-                                  cfg.bidirectional, cfg.cell, cfg.dropout)
+        self.encoder = encoder if encoder is not None else RNNEncoder(
+            src_vocab, cfg.emb_dim, cfg.hidden, cfg.enc_layers or cfg.layers, cfg.bidirectional, cfg.cell,
+            cfg.dropout)
         self.embed = nn.Embedding(tgt_vocab, cfg.emb_dim, padding_idx=PAD_ID)
         self.drop = nn.Dropout(cfg.dropout)
         kind = cfg.attention
@@ -106,9 +112,10 @@ class RNNSeq2Seq(nn.Module):
 
     # --- protocol -------------------------------------------------------------------------------------
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
-        out, h, c = self.encoder(src, src_mask)  # h, c (B, L_enc, E)
+        out, h, c, *mask = self.encoder(src, src_mask)  # h, c (B, L_enc, E)
+        mask = mask[0] if mask else src_mask  # (B, M): a token RNNEncoder keeps the source positions
         top = self.cfg.layers  # the decoder's layers start from the top encoder layers' final states
-        memory = {"mask": src_mask, "h0": h[:, -top:]}
+        memory = {"mask": mask, "h0": h[:, -top:]}
         if c is not None:
             memory["c0"] = c[:, -top:]
         if self.attention is not None:

@@ -3,8 +3,10 @@ configuration's `task` to its class, whose constructor reads and checks the data
 
 from crossway.tasks.image_text import ImageTextTask
 from crossway.tasks.segmentation import SegmentationTask
+from crossway.tasks.speech import SpeechTask
 from crossway.tasks.text import TextTask
 
-TASKS = {"text": TextTask, "segmentation": SegmentationTask, "image_to_text": ImageTextTask}
+TASKS = {"text": TextTask, "segmentation": SegmentationTask, "image_to_text": ImageTextTask,
+         "speech": SpeechTask}
 
-__all__ = ["TASKS", "ImageTextTask", "SegmentationTask", "TextTask"]
+__all__ = ["TASKS", "ImageTextTask", "SegmentationTask", "SpeechTask", "TextTask"]

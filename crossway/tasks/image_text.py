@@ -37,8 +37,7 @@ from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError, CrosswayError
 from crossway.inference import translate
 from crossway.metrics import line_error_rates
-from crossway.tasks.text import teacher_forced_nll, text_loss
-from crossway.training.checkpoint import resolve_checkpoint
+from crossway.tasks.text import load_target_codec, teacher_forced_nll, text_loss
 
 METRICS = ("loss", "bleu4", "cider", "cer", "wer", "exact_match")
 BUCKET_BATCHES = 50  # examples are sorted by image width within windows of this many batches
@@ -70,7 +69,7 @@ class ImageTextTask:
         self.train = read_image_text(d.train, d, self.src)
         self.valid = read_image_text(d.valid, d, self.src)
         self.tgt: TextCodec = (codecs[1] if codecs else
-                               _load_target(d.vocab) if d.vocab else build_target_codec(d, self.train.refs))
+                               load_target_codec(d.vocab) if d.vocab else build_target_codec(d, self.train.refs))
         for split in (self.train, self.valid):
             report = SkipReport(split.path)
             encode_targets(split, self.tgt, d.max_tgt_len, report)
@@ -146,13 +145,3 @@ def evaluate_images(loaded, path: str, cfg: DecodeConfig, report: str | Path | N
     if report:
         Path(report).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     return result
-
-
-def _load_target(path: str) -> TextCodec:
-    p = Path(path)
-    if p.is_dir():
-        p = resolve_checkpoint(p) / "vocab.json"
-    try:
-        return TextCodec.from_dict(json.loads(p.read_text(encoding="utf-8"))["tgt"])
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"data.vocab={path}: not a crossway vocabulary ({type(e).__name__}: {e})") from None

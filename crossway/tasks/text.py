@@ -140,12 +140,20 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
 
 def load_codecs(path: str) -> tuple[TextCodec, TextCodec]:
     """The tokenizers and vocabularies of a run, a checkpoint directory or a vocab.json file."""
+    return _vocab_file(path, lambda d: (TextCodec.from_dict(d["src"]), TextCodec.from_dict(d["tgt"])))
+
+
+def load_target_codec(path: str) -> TextCodec:
+    """The target side alone (a run whose source is images or audio; data.vocab of those tasks)."""
+    return _vocab_file(path, lambda d: TextCodec.from_dict(d["tgt"]))
+
+
+def _vocab_file(path: str, read):
     p = Path(path)
     if p.is_dir():
         p = resolve_checkpoint(p) / "vocab.json"
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-        return TextCodec.from_dict(d["src"]), TextCodec.from_dict(d["tgt"])
+        return read(json.loads(p.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"data.vocab={path}: not a crossway vocabulary ({type(e).__name__}: {e})") from None
 
