@@ -174,7 +174,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="HTTP API and web page (FastAPI + uvicorn; pip install crossway[serve]): "
                                       "POST /v1/translate for a text run, POST /v1/segment for a segmentation run, "
-                                      "POST /v1/caption for an image-to-text run")
+                                      "POST /v1/caption for an image-to-text run, POST /v1/transcribe for a "
+                                      "speech run")
     sv.add_argument("--model", required=True, help="run directory (or a checkpoint directory)")
     sv.add_argument("--checkpoint", default="best", choices=["best", "last"])
     sv.add_argument("--host", default="127.0.0.1")
@@ -204,12 +205,16 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG plots: attention heatmaps, segmentations and gate maps, training "
                                      "curves").add_subparsers(
         metavar="WHAT")
-    pa = pl.add_parser("attention", help="cross-attention heatmap of one translation, or where each word of an "
-                                         "image's caption looked (image-to-text runs)")
+    pa = pl.add_parser("attention", help="cross-attention heatmap of one translation, where each word of an "
+                                         "image's caption looked (image-to-text runs), or which frames of a "
+                                         "spectrogram each output character listened to (speech runs)")
     _model_args(pa)
     what = pa.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help="the input to translate (text runs)")
     what.add_argument("--image", help="the image to caption or read (image-to-text runs)")
+    what.add_argument("--audio", help="the audio file to transcribe or translate (speech runs; one window, at most "
+                                      "the model's data.max_seconds)")
+    pa.add_argument("--task", default="transcribe", choices=["transcribe", "translate"], help="speech runs: the task")
     pa.add_argument("--layer", type=int, help="decoder layer, 1-based (Transformer; default: the last)")
     pa.add_argument("--head", type=int, help="attention head, 1-based (Transformer; default: mean of the heads)")
     pa.add_argument("--out", default="attention.png")
@@ -570,12 +575,14 @@ def _serve(args) -> None:
 
 
 def _plot_attention(args) -> None:
-    from crossway.plots import plot_attention, plot_image_attention
+    from crossway.plots import plot_attention, plot_audio_attention, plot_image_attention
 
-    loaded = _load(args, task="image_to_text" if args.image else "text")
+    loaded = _load(args, task="image_to_text" if args.image else "speech" if args.audio else "text")
     cfg = _decode_cfg(args, loaded)
     if args.image:
         path = plot_image_attention(loaded, args.image, args.out, cfg, layer=args.layer, head=args.head)
+    elif args.audio:
+        path = plot_audio_attention(loaded, args.audio, args.out, cfg, args.task, layer=args.layer, head=args.head)
     else:
         path = plot_attention(loaded, args.text, args.out, cfg, layer=args.layer, head=args.head)
     print(f"attention heatmap written to {path}", file=sys.stderr)

@@ -109,6 +109,45 @@ def plot_image_attention(loaded: LoadedModel, image: str | Path, out: str | Path
     return out
 
 
+def plot_audio_attention(loaded: LoadedModel, audio: str | Path, out: str | Path, cfg: DecodeConfig | None = None,
+                         task: str = "transcribe", layer: int | None = None, head: int | None = None) -> Path:
+    """Transcribe (or translate) one audio file of at most one window and draw its log-mel spectrogram above the
+    decoder's attention over time: one row per output token, each memory position spread over the frames it
+    covers, on the spectrogram's time axis (Chan et al. 2016, figure 2)."""
+    import torch
+
+    from crossway.data.audio import FRAMES_PER_SECOND
+    from crossway.speech import transcribe
+
+    cfg = dataclasses.replace(cfg or loaded.config.decode, return_attention=True, n_best=1)
+    feats = loaded.src.encode(audio, str(audio))  # (T, F); an error naming the file when over one window
+    (t,) = transcribe(loaded.model, loaded.src, loaded.tgt, [feats], cfg, task, loaded.config.data.language,
+                      fallback=False)
+    out_t = t.windows[0].output
+    weights = attention_matrix(out_t.attention, layer, head)  # (rows, M)
+    frames = torch.arange(feats.size(0)) * weights.size(1) // feats.size(0)  # the memory position of each frame
+    spread = weights[:, frames].numpy()  # (rows, T)
+    rows = out_t.tokens + ["</s>"] * (spread.shape[0] - len(out_t.tokens))
+    seconds = feats.size(0) / FRAMES_PER_SECOND
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(min(16.0, 3 + 1.4 * seconds), 2.2 + 0.14 * len(rows)),
+                                      gridspec_kw={"height_ratios": [1.6, max(2.0, 0.14 * len(rows))]}, sharex=True)
+    top.imshow(feats.T.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, feats.size(1)))
+    top.set_ylabel("mel bin")
+    top.set_title(f"{Path(audio).name} ({task}) -> {t.text if len(t.text) < 90 else t.text[:87] + '...'}",
+                  fontsize=9)
+    bottom.imshow(spread, aspect="auto", cmap="Blues", vmin=0.0, interpolation="nearest",
+                  extent=(0, seconds, len(rows) - 0.5, -0.5))
+    bottom.set_yticks(range(len(rows)), [r if r.strip() else "␣" for r in rows], fontsize=6)
+    bottom.set_xlabel("seconds")
+    bottom.set_ylabel("output")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 CURVES = ("wer", "per", "cer", "dice", "iou", "boundary_f1")  # validation metrics drawn as percentages
 
 

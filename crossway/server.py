@@ -1,6 +1,6 @@
 """HTTP serving: `POST /v1/translate` (text runs, here), `POST /v1/segment` (segmentation runs,
-crossway.server_segment) or `POST /v1/caption` (image_to_text runs, crossway.server_caption), health probes, the
-web page at `/`, and the limits that keep it up.
+crossway.server_segment), `POST /v1/caption` (image_to_text runs, crossway.server_caption) or `POST /v1/transcribe`
+(speech runs, crossway.server_speech), health probes, the web page at `/`, and the limits that keep it up.
 
     serve("runs/g2p-rnn", ServeConfig(port=8000))      # what `crossway serve --model runs/g2p-rnn` calls
 
@@ -51,6 +51,7 @@ from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_conf
 if TYPE_CHECKING:
     from crossway.server_caption import CaptionEngine
     from crossway.server_segment import SegmentEngine
+    from crossway.server_speech import SpeechEngine
 
 log = logging.getLogger("crossway.server")
 MIN_TILE = 64  # smallest tile a request may ask for; with overlap <= tile / 2 tiles cover a pixel at most 4 times
@@ -81,10 +82,13 @@ class ServeConfig:
     max_image_pixels: int = 16_777_216  # 413 above this declared width x height, before decoding (4096 x 4096)
     tile: int = 512  # the largest window segmented at once (memory): larger images go in tiles; 0 = whole images
     overlap: int = 32  # default overlap of neighbouring tiles (at most tile / 2)
+    # speech runs
+    max_audio_bytes: int = 25_000_000  # 413 above this (/v1/transcribe's body limit), before reading
+    max_audio_seconds: float = 300.0  # 413 above this duration (from the file's header), before decoding
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_inputs", "max_output_tokens", "max_beam_size", "max_queue",
-                     "max_batch_inputs", "max_image_bytes", "max_image_pixels"):
+                     "max_batch_inputs", "max_image_bytes", "max_image_pixels", "max_audio_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"serve.{name} must be >= 1, not {getattr(self, name)}")
         if self.tile and self.tile < MIN_TILE or self.tile < 0:
@@ -93,8 +97,9 @@ class ServeConfig:
             raise ValueError(f"serve.overlap must be between 0 and tile / 2 = {self.tile // 2}, not {self.overlap}")
         if self.quantize not in QUANTIZE:
             raise ValueError(f"serve.quantize must be one of {list(QUANTIZE)}, not {self.quantize!r}")
-        if self.timeout_s <= 0 or self.batch_wait_ms < 0 or self.max_input_tokens < 0:
-            raise ValueError("serve.timeout_s must be > 0, batch_wait_ms and max_input_tokens >= 0")
+        if self.timeout_s <= 0 or self.max_audio_seconds <= 0 or self.batch_wait_ms < 0 or self.max_input_tokens < 0:
+            raise ValueError("serve.timeout_s and max_audio_seconds must be > 0, batch_wait_ms and max_input_tokens "
+                             ">= 0")
         if self.rescore_weights is not None and len(self.rescore_weights) != 1 + len(self.rescore):
             raise ValueError(f"serve.rescore_weights: {len(self.rescore_weights)} weights for "
                              f"{1 + len(self.rescore)} models (the searching model first, then each rescorer)")
@@ -173,17 +178,19 @@ class Engine:
 
 
 ENDPOINTS = {"text": "POST /v1/translate", "segmentation": "POST /v1/segment",  # a run's task -> its endpoint
-             "image_to_text": "POST /v1/caption"}
+             "image_to_text": "POST /v1/caption", "speech": "POST /v1/transcribe"}
 
 
-def _tasks() -> dict[str, tuple[type[Engine] | type[SegmentEngine] | type[CaptionEngine], Callable]]:
+def _tasks() -> dict[str, tuple[type[Engine | SegmentEngine | CaptionEngine | SpeechEngine], Callable]]:
     """A run's task -> the engine that serves it and the function that adds its endpoint to an app. (The image
-    halves are imported here, not at the top: crossway.server_segment and server_caption build on this module.)"""
+    and speech halves are imported here, not at the top: crossway.server_segment, server_caption and server_speech
+    build on this module.)"""
     from crossway.server_caption import CaptionEngine, add_caption_route
     from crossway.server_segment import SegmentEngine, add_segment_route
+    from crossway.server_speech import SpeechEngine, add_transcribe_route
 
     return {"text": (Engine, add_translate_route), "segmentation": (SegmentEngine, add_segment_route),
-            "image_to_text": (CaptionEngine, add_caption_route)}
+            "image_to_text": (CaptionEngine, add_caption_route), "speech": (SpeechEngine, add_transcribe_route)}
 
 
 def load_engine(run: str | Path, cfg: ServeConfig = ServeConfig()) -> Engine | SegmentEngine | CaptionEngine:
@@ -347,8 +354,9 @@ def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: 
     app = FastAPI(title="crossway", version=__version__, lifespan=lifespan,
                   description="Encoder-decoder models: translate, transliterate, convert graphemes to phonemes; "
                               "segment images (U-Net, Attention U-Net); caption images or read text lines "
-                              "(Show, Attend and Tell). A server serves one run: GET /v1/info says its task and so "
-                              "which of /v1/translate, /v1/segment and /v1/caption answers.")
+                              "(Show, Attend and Tell); transcribe or translate speech (Whisper-style, LAS). A server "
+                              "serves one run: GET /v1/info says its task and so which of /v1/translate, /v1/segment, "
+                              "/v1/caption and /v1/transcribe answers.")
     app.state.crossway = state
 
     @app.exception_handler(RequestValidationError)
@@ -399,7 +407,8 @@ def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: 
     async def page():
         return HTMLResponse(resources.files("crossway").joinpath("web/index.html").read_text(encoding="utf-8"))
 
-    return BodyLimit(app, cfg.max_body_bytes, dict.fromkeys(("/v1/segment", "/v1/caption"), cfg.max_image_bytes))
+    return BodyLimit(app, cfg.max_body_bytes, {"/v1/segment": cfg.max_image_bytes, "/v1/caption": cfg.max_image_bytes,
+                                               "/v1/transcribe": cfg.max_audio_bytes})
 
 
 def add_translate_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> None:
@@ -408,7 +417,7 @@ def add_translate_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> N
 
     @app.post("/v1/translate", summary="Translate texts (text runs)",
               responses=openapi_errors(
-                  e404="wrong_task: this server serves an image run (use /v1/segment or /v1/caption)",
+                  e404="wrong_task: this server serves a run of another task (the error names its endpoint)",
                   e413="body_too_large: over max_body_bytes, refused before it is read",
                   e422="invalid_request, too_many_inputs, empty_input, input_too_long, beam_too_large, "
                        "output_too_long, invalid_options",

@@ -228,7 +228,7 @@ def add_caption_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> Non
             check_content_type(request)
             body = await request.body()
             width, height, image_format = image_header(body, cfg.max_image_pixels)
-            dcfg = _decode_options(engine, cfg, strategy=strategy, beam_size=beam_size, n_best=n_best,
+            dcfg = decode_options(engine, cfg, strategy=strategy, beam_size=beam_size, n_best=n_best,
                                    length_penalty=length_penalty, max_len_b=max_len_b)
             timeout = min(timeout_s or cfg.timeout_s, cfg.timeout_s)
             key = ("caption", dcfg, next(sample_ids) if dcfg.strategy == "sample" else None)
@@ -245,7 +245,7 @@ async def _caption_engine(request: Request) -> CaptionEngine:  # as crossway.ser
     return request.app.state.crossway.ready_engine("image_to_text")
 
 
-def _decode_options(engine: CaptionEngine, cfg: ServeConfig, **options) -> DecodeConfig:
+def decode_options(engine: CaptionEngine, cfg: ServeConfig, **options) -> DecodeConfig:
     """The server's decoding options with the request's overrides (always with attention: see the module
     docstring), each limit a 422 naming the parameter that broke it."""
     given = {k: v for k, v in options.items() if v is not None}

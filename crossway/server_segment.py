@@ -187,16 +187,22 @@ the image's size and equals `crossway.segment_image(model, image, TileConfig(til
 
 IMAGE_BODY = {"requestBody": {"required": True, "description": "the image file's bytes", "content": {
     t: {"schema": {"type": "string", "format": "binary"}} for t in (*IMAGE_TYPES, "application/octet-stream")}}}
+def upload_openapi_errors(e413: str, e415: str, e422: str) -> dict:
+    """The error answers every endpoint whose body is a file (images, audio) shares (404, 429, 503, 504), with
+    its own 413, 415 and 422s."""
+    return openapi_errors(
+        e404="wrong_task: this server serves a run of another task (the error names its endpoint)", e413=e413,
+        e415=e415, e422=e422, e429="queue_full: refused at once",
+        e503="not_ready_loading, not_ready_draining, not_ready_failed", e504="deadline_exceeded")
+
+
 def image_openapi_errors(e422: str) -> dict:
     """The error answers every image endpoint shares (404, 413, 415, 429, 503, 504), with its own 422s."""
-    return openapi_errors(
-        e404="wrong_task: this server serves a run of another task (the error names its endpoint)",
+    return upload_openapi_errors(
         e413="body_too_large (over max_image_bytes, refused before it is read), or image_too_large "
              "(declared width x height over max_image_pixels, refused before decoding)",
         e415="unsupported_media_type: send the image's bytes as the body (" + ", ".join(IMAGE_TYPES) +
-             "), not JSON or multipart",
-        e422=e422, e429="queue_full: refused at once", e503="not_ready_loading, not_ready_draining, not_ready_failed",
-        e504="deadline_exceeded")
+             "), not JSON or multipart", e422=e422)
 
 
 _RESPONSES = {200: {"model": SegmentResponse, "content": {"image/png": {"schema": {"type": "string", "format":

@@ -5,13 +5,13 @@
 cost; openai-whisper decodes one file at a time), through `Prompted(model, <|en|> <|transcribe|>
 <|notimestamps|>)` or the translate prompt. Audio longer than the model's window (AudioFormat.max_seconds, 30 s)
 is cut into windows at the quietest 100 ms within the window's last 5 seconds, so a cut rarely splits a word;
-the windows' texts are joined with spaces.
+the windows' texts are joined with spaces. Whisper's special tokens are never produced (their logits are masked).
 
 The guard is Whisper's temperature fallback (Radford et al. 2022, section 4.5): a window's output fails when its
 gzip compression ratio is over 2.4 (a repetition loop), its mean log-probability per token is under -1, or the
-length limit stopped it; failed windows are decoded again by seeded sampling at temperatures 0.2, 0.4, ... 1.0,
-and the first output that passes is kept (if none passes, the one the model finds most probable per token,
-scored without temperature).
+length limit stopped it; failed windows are decoded again, one at a time (so a window's output never depends on
+the others), by seeded sampling at temperatures 0.2, 0.4, ... 1.0, and the first output that passes is kept (if
+none passes, the one the model finds most probable per token, scored without temperature).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from crossway.data.audio import SAMPLE_RATE, AudioFormat, load_audio
-from crossway.data.speech import prompt_ids, read_speech
+from crossway.data.speech import prompt_ids, read_speech, special_ids
 from crossway.data.tokenizers import TextCodec
 from crossway.decoding import DecodeConfig
 from crossway.decoding.score import sequence_scores
@@ -79,12 +79,14 @@ def _fails(t: Translation) -> bool:
 
 def cut_windows(wave: Tensor, max_seconds: float) -> list[tuple[int, int]]:
     """(start, end) samples of windows of at most max_seconds covering wave (N,), each cut at the quietest
-    100 ms of its last CUT_SEARCH_SECONDS."""
+    100 ms of its last CUT_SEARCH_SECONDS (its second half, when shorter), the latest of equally quiet ones."""
     limit, n, out, start = int(max_seconds * SAMPLE_RATE), wave.numel(), [], 0
+    hop = CUT_FRAME // 2
     while n - start > limit:
-        lo = start + max(CUT_FRAME, limit - int(CUT_SEARCH_SECONDS * SAMPLE_RATE))
-        frames = wave[lo: start + limit].unfold(0, CUT_FRAME, CUT_FRAME // 2).pow(2).mean(1)  # energy per 100 ms
-        end = lo + int(frames.argmin()) * (CUT_FRAME // 2) + CUT_FRAME // 2
+        lo = start + max(limit // 2, limit - int(CUT_SEARCH_SECONDS * SAMPLE_RATE))
+        energy = wave[lo: start + limit].unfold(0, CUT_FRAME, hop).pow(2).mean(1)  # per 100 ms, every 50 ms
+        last_quietest = energy.numel() - 1 - int(energy.flip(0).argmin())
+        end = lo + last_quietest * hop + hop
         out.append((start, end))
         start = end
     out.append((start, n))
@@ -96,7 +98,7 @@ def transcribe(model: nn.Module, fmt: AudioFormat, tgt: TextCodec, audios: Seque
                names: Sequence[str] | None = None) -> list[Transcript]:
     """One transcript (or translation, task="translate") per input: an audio file, its bytes, a (N,) waveform at
     16 kHz, or (T, F) features of at most one window. Windows of all inputs are decoded together."""
-    prompted = Prompted(model, prompt_ids(tgt, language, task))
+    prompted = Prompted(model, prompt_ids(tgt, language, task), suppress=special_ids(tgt))
     items, spans = [], []  # every window's source, and (input, start s, end s)
     for k, audio in enumerate(audios):
         name = names[k] if names else ""
@@ -117,8 +119,8 @@ def transcribe(model: nn.Module, fmt: AudioFormat, tgt: TextCodec, audios: Seque
                 break
             sampled = dataclasses.replace(cfg, strategy="sample", temperature=temp, top_k=0, top_p=1.0, n_best=1,
                                           seed=cfg.seed + int(temp * 10))
-            for i, o in zip(redo, translate(prompted, fmt, tgt, [items[i] for i in redo], sampled), strict=True):
-                tries[i].append((temp, o))
+            for i in redo:  # one window at a time: a sample must not depend on which other windows failed
+                tries[i].append((temp, translate(prompted, fmt, tgt, [items[i]], sampled)[0]))
     chosen = [_choose(prompted, fmt, tgt, items[i], t, cfg.max_tokens) for i, t in enumerate(tries)]
     result = [Transcript("") for _ in audios]
     for (k, s, e), (temp, o), t in zip(spans, chosen, tries, strict=True):
@@ -161,14 +163,15 @@ def score_speech(model: nn.Module, fmt: AudioFormat, tgt: TextCodec, data, cfg: 
 
 
 def evaluate_speech(loaded, path: str, cfg: DecodeConfig, tasks: Sequence[str] | None = None,
-                    report: str | Path | None = None) -> dict:
-    """Score a loaded speech run on a manifest (its tasks by default); with `report`, write the full JSON report
-    there. -> {"metrics", "outputs", ...}."""
+                    report: str | Path | None = None, fallback: bool = True) -> dict:
+    """Score a loaded speech run on a manifest (its tasks by default), decoded as `transcribe` decodes (with the
+    temperature fallback unless fallback=False); with `report`, write the full JSON report there. -> {"metrics",
+    "outputs", ...}."""
     d = loaded.config.data
     tasks = list(tasks or d.task_list())
     data = read_speech(path, dataclasses.replace(d, tasks=",".join(tasks)), loaded.src)
-    result = {"data": path, "tasks": tasks, "decode": cfg.__dict__,
-              **score_speech(loaded.model, loaded.src, loaded.tgt, data, cfg, tasks, d.language)}
+    result = {"data": path, "tasks": tasks, "decode": cfg.__dict__, "fallback": fallback,
+              **score_speech(loaded.model, loaded.src, loaded.tgt, data, cfg, tasks, d.language, fallback)}
     if report:
         Path(report).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     return result

@@ -44,6 +44,11 @@ def prompt_tokens(language: str, task: str) -> list[str]:
 PROMPT_LENGTH = len(prompt_tokens("en", "transcribe"))
 
 
+def special_ids(tgt: TextCodec) -> list[int]:
+    """The ids of every Whisper special token in a target vocabulary (`<|...|>`): read in prompts, never output."""
+    return [i for t, i in tgt.vocab.stoi.items() if t.startswith("<|") and t.endswith("|>")]
+
+
 def prompt_ids(tgt: TextCodec, language: str, task: str) -> list[int]:
     missing = [t for t in prompt_tokens(language, task) if t not in tgt.vocab.stoi]
     if missing:

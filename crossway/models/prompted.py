@@ -1,6 +1,7 @@
 """A decoder prompt for any protocol model: `Prompted(model, prompt)` is the model whose every output starts
 after `bos prompt...`, fed but never produced, scored or returned (Whisper's task tokens `<|en|> <|transcribe|>
-<|notimestamps|>`; a target-language tag). Search, scoring and serving take it as any other model: the prompt
+<|notimestamps|>`; a target-language tag). Tokens in `suppress` (the special tokens) get no probability in
+decoding. Search, scoring and serving take it as any other model: the prompt
 lives here, not in search.
 
 P prompt tokens, B rows, T target length.
@@ -15,10 +16,11 @@ from crossway.models.interface import Memory, State, auxiliary_loss
 
 
 class Prompted(nn.Module):
-    def __init__(self, model: nn.Module, prompt: list[int]):
+    def __init__(self, model: nn.Module, prompt: list[int], suppress: list[int] = ()):
         super().__init__()
         self.model = model
         self.register_buffer("prompt", torch.tensor(prompt, dtype=torch.long), persistent=False)  # (P,)
+        self.register_buffer("suppress", torch.tensor(list(suppress), dtype=torch.long), persistent=False)
         self.generator = model.generator
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
@@ -33,6 +35,8 @@ class Prompted(nn.Module):
         if first:
             for tok in self.prompt.tolist():
                 logits, state = self.model.decode_step(torch.full_like(prev_tokens, tok), memory, state, attention)
+        if self.suppress.numel():
+            logits.index_fill_(1, self.suppress.to(logits.device), float("-inf"))
         return logits, state
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, features: bool = False) -> Tensor:

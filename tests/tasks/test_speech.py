@@ -171,3 +171,17 @@ def test_bad_rates_and_missing_translations_are_clear_errors(tmp_path, corpus):
     cfg = config(tmp_path, tmp_path / "run", train=manifest, valid=manifest)
     with pytest.raises(DataError, match="data.tasks includes translate, but the manifest has no translation"):
         train(cfg)
+
+
+def test_plot_attention_over_the_spectrogram(run, corpus, tmp_path):
+    pytest.importorskip("matplotlib")
+    audio = read_manifest(corpus / "valid.tsv")[0].audio
+    out = tmp_path / "att.png"
+    subprocess.run([sys.executable, "-m", "crossway", "plot", "attention", "--model", str(run), "--audio", audio,
+                    "--out", str(out)], check=True, capture_output=True)
+    assert out.stat().st_size > 5000
+    from crossway.plots import plot_audio_attention
+    with pytest.raises(DataError, match="over the model's limit of 3 s"):
+        long = tmp_path / "long.wav"
+        soundfile.write(long, np.zeros(4 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+        plot_audio_attention(load_checkpoint(run), long, tmp_path / "x.png")
