@@ -198,6 +198,13 @@ def load_engine(run: str | Path, cfg: ServeConfig = ServeConfig()) -> Engine | S
     return _tasks()[load_config(run, cfg.checkpoint).task][0].load(run, cfg)
 
 
+def no_rescorers(run: str | Path, cfg: ServeConfig, task: str) -> None:
+    """Rescorers score text sources: for a run of another task they are an error, not silently ignored."""
+    if cfg.rescore or cfg.rescore_weights is not None:
+        raise ConfigError(f"{run} is {'an' if task[0] in 'aeiou' else 'a'} {task} run; rescore and rescore weights "
+                          "are for text runs only")
+
+
 def check_task(loaded: LoadedModel, task: str) -> None:
     """An engine's check that the run it was given is of its task."""
     if loaded.config.task != task:

@@ -32,11 +32,11 @@ from torch import Tensor
 from crossway.config import decode_overrides
 from crossway.data.images import load_image
 from crossway.decoding import DecodeConfig
-from crossway.errors import ConfigError, DataError
+from crossway.errors import DataError
 from crossway.inference import Translation, caption
 from crossway.plots import attention_matrix
 from crossway.quantize import quantize
-from crossway.server import RequestError, ServeConfig, ServerState, check_task
+from crossway.server import RequestError, ServeConfig, ServerState, check_task, no_rescorers
 from crossway.server_segment import (
     IMAGE_BODY,
     IMAGE_TYPES,
@@ -68,7 +68,7 @@ class CaptionEngine:
     @classmethod
     def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig()) -> CaptionEngine:  # noqa: B008 (frozen)
         """The model in `run` with `cfg`'s checkpoint choice, quantization and default decoding options."""
-        _no_rescorers(run, cfg)
+        no_rescorers(run, cfg, "image_to_text")
         loaded = load_checkpoint(run, cfg.checkpoint)
         loaded = dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
         if cfg.decode:
@@ -80,7 +80,7 @@ class CaptionEngine:
     @classmethod
     def check_options(cls, run: str | Path, config: RunConfig, cfg: ServeConfig) -> None:
         """`serve`'s check before the server starts: rescorers, or a bad default decoding option."""
-        _no_rescorers(run, cfg)
+        no_rescorers(run, cfg, "image_to_text")
         decode_overrides(config.decode, list(cfg.decode))
 
     def run_batch(self, jobs: list[CaptionJob], key) -> list[dict | RequestError]:
@@ -128,12 +128,6 @@ class CaptionEngine:
         (out,) = self.run_batch([CaptionJob(body=blank, attention=True)], ("caption", cfg, None))
         if isinstance(out, RequestError):
             raise DataError(f"the warm-up image: {out.message}")
-
-
-def _no_rescorers(run: str | Path, cfg: ServeConfig) -> None:
-    """Rescorers score text sources: an error for an image_to_text run, not silently ignored."""
-    if cfg.rescore or cfg.rescore_weights is not None:
-        raise ConfigError(f"{run} is an image_to_text run; rescore and rescore weights are for text runs only")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,7 +41,7 @@ from crossway.data.speech import prompt_ids
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError, DataError
 from crossway.quantize import quantize
-from crossway.server import RequestError, ServeConfig, ServerState, check_task
+from crossway.server import RequestError, ServeConfig, ServerState, check_task, no_rescorers
 from crossway.server_caption import decode_options as caption_options
 from crossway.server_segment import check_query, upload_openapi_errors
 from crossway.speech import Transcript, transcribe
@@ -69,7 +69,7 @@ class SpeechEngine:
     @classmethod
     def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig()) -> SpeechEngine:  # noqa: B008 (frozen)
         """The model in `run` with `cfg`'s checkpoint choice, quantization and default decoding options."""
-        _no_rescorers(run, cfg)
+        no_rescorers(run, cfg, "speech")
         loaded = load_checkpoint(run, cfg.checkpoint)
         loaded = dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
         if cfg.decode:
@@ -81,7 +81,7 @@ class SpeechEngine:
     @classmethod
     def check_options(cls, run: str | Path, config: RunConfig, cfg: ServeConfig) -> None:
         """`serve`'s check before the server starts: rescorers, or a bad default decoding option."""
-        _no_rescorers(run, cfg)
+        no_rescorers(run, cfg, "speech")
         decode_overrides(config.decode, list(cfg.decode))
 
     def run_batch(self, jobs: list[SpeechJob], key) -> list[dict | RequestError]:
@@ -139,12 +139,6 @@ class SpeechEngine:
                                                                    False, None))
         if isinstance(out, RequestError):
             raise DataError(f"the warm-up audio: {out.message}")
-
-
-def _no_rescorers(run: str | Path, cfg: ServeConfig) -> None:
-    """Rescorers score text sources: an error for a speech run, not silently ignored."""
-    if cfg.rescore or cfg.rescore_weights is not None:
-        raise ConfigError(f"{run} is a speech run; rescore and rescore weights are for text runs only")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -193,8 +193,3 @@ def encode_targets(data: SpeechSet, d: SpeechDataConfig, tgt: TextCodec, report:
             else:
                 data.pairs.append((i, task, [*prompt, *ids], u.where))
                 report.kept += 1
-
-
-def check_split(data: SpeechSet) -> None:
-    if not data.pairs:
-        raise DataError(f"{data.path}: no usable utterances (see the counts above)")

@@ -73,13 +73,8 @@ class SpeechTask:
         rng.shuffle(order)
         batches, window = [], max(1, BUCKET_BATCHES * len(pairs) // max(1, self.batches_per_epoch()))
         for w in range(0, len(order), window):
-            batch: list[int] = []
-            for i in sorted(order[w: w + window], key=frames.__getitem__):
-                if batch and (len(batch) + 1) * max(frames[i], frames[batch[-1]]) > self.cfg.data.max_frames:
-                    batches.append(batch)
-                    batch = []
-                batch.append(i)
-            batches.append(batch)
+            batches += frame_batches(sorted(order[w: w + window], key=frames.__getitem__), frames,
+                                     self.cfg.data.max_frames)
         rng.shuffle(batches)
         return iter([[(i, epoch) for i in b] for b in batches])
 
@@ -110,18 +105,26 @@ class SpeechTask:
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
         d, pairs = self.cfg.data, self.valid.pairs
-        batches, batch = [], []
-        for p in sorted(pairs, key=lambda p: self.valid.feats[p[0]].size(0)):
-            if batch and (len(batch) + 1) * self.valid.feats[p[0]].size(0) > d.max_frames:
-                batches.append(batch)
-                batch = []
-            batch.append(p)
-        batches.append(batch)
+        frames = [self.valid.feats[u].size(0) for u, _, _, _ in pairs]
+        order = sorted(range(len(pairs)), key=frames.__getitem__)
+        batches = [[pairs[i] for i in b] for b in frame_batches(order, frames, d.max_frames)]
         loss = teacher_forced_nll(model, (collate(self.src, [self.valid.feats[u].float() for u, _, _, _ in b],
                                                   [t for _, _, t, _ in b], [w for _, _, _, w in b]) for b in batches))
         scores = score_speech(model, self.src, self.tgt, self.valid, self.cfg.decode, d.task_list(),
                               d.language)["metrics"]
         return {"loss": loss, **{k: scores[k] for k in METRICS if k in scores}}
+
+
+def frame_batches(order: list[int], frames: list[int], max_frames: int) -> list[list[int]]:
+    """Examples in `order` (shortest first) -> consecutive groups whose padded size, examples x longest, stays
+    within max_frames (an example alone always makes a group)."""
+    batches, batch = [], []
+    for i in order:
+        if batch and (len(batch) + 1) * frames[i] > max_frames:
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + [batch] if batch else batches
 
 
 def collate(fmt: AudioFormat, feats: list[Tensor], targets: list[list[int]], lines: list) -> Batch:

@@ -18,13 +18,7 @@ VARIANTS = [{}, {"cell": "gru", "attention": "bahdanau"}, {"attention": "luong_d
             {"bottom_layers": 0, "dec_layers": 2}, {"bottom_layers": 2, "pyramid": 1, "dec_layers": 3}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny LSTMs: threads only add synchronisation (as in test_unet: far slower with 2 threads on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model(**kw) -> torch.nn.Module:

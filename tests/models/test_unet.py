@@ -3,14 +3,7 @@ import torch
 
 from crossway.models.unet import NORMS, UPSAMPLES, UNetConfig, build_unet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: threads only add synchronisation (measured 50x slower with 2 threads on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(depth=3, base=4, in_channels=3, classes=3, **kw):
