@@ -1,9 +1,13 @@
 """Micro-batching: requests that arrive close together are decoded in one model call.
 
-One worker thread owns the model. `submit` puts a job in a bounded queue (refused at once when full) and
-waits for its result up to a deadline. The worker takes the oldest job, waits up to `wait_s` for more jobs
-with the same decoding options, decodes them together (at most `max_inputs` inputs per call) and hands each
-job its own slice of the outputs. Greedy and beam search are padding-invariant (tested), so a batched
+Worker threads (one by default) make the model calls. `submit` puts a job in a bounded queue (refused at once when
+full) and waits for its result up to a deadline. A worker takes the oldest job, lets it wait until `wait_s` after
+its arrival for more jobs with the same decoding options, decodes them together (at most `max_inputs` inputs per
+call) and hands each job its own slice of the outputs. Jobs that arrive while a call runs wait in the queue, so
+the next call starts at once with all of them (the batch fills while the previous one decodes). With several
+workers (one per model process: crossway.model_process), calls run side by side.
+
+Greedy and beam search are padding-invariant (tested), so a batched
 request gets exactly the outputs it would get alone; seeded sampling depends on the batch, so sampling jobs
 are never merged.
 """
@@ -32,6 +36,7 @@ class Job:
     inputs: list
     key: Hashable  # jobs with equal keys may share a model call
     deadline: float  # time.monotonic() seconds
+    arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
     released: bool = False  # its queue slot is free again
 
@@ -51,17 +56,20 @@ class MicroBatcher:
     that share `key`; it must return one output per input, in order."""
 
     def __init__(self, run: Callable[[list, Hashable], list], max_queue: int = 64, max_inputs: int = 64,
-                 wait_s: float = 0.005):
-        if max_queue < 1 or max_inputs < 1 or wait_s < 0:
-            raise ValueError("need max_queue >= 1, max_inputs >= 1 and wait_s >= 0")
+                 wait_s: float = 0.005, workers: int = 1):
+        """`run` is called from `workers` threads at once when workers > 1."""
+        if max_queue < 1 or max_inputs < 1 or wait_s < 0 or workers < 1:
+            raise ValueError("need max_queue >= 1, max_inputs >= 1, wait_s >= 0 and workers >= 1")
         self.run, self.max_queue, self.max_inputs, self.wait_s = run, max_queue, max_inputs, wait_s
         self.stats = BatcherStats()
         self._jobs: deque[Job] = deque()
         self._pending = 0  # jobs queued or decoding whose caller still waits: what the queue bound counts
         self._cv = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name="crossway-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"crossway-batcher-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
 
     @property
     def pending(self) -> int:
@@ -70,15 +78,23 @@ class MicroBatcher:
     async def submit(self, inputs: list, key: Hashable, timeout_s: float) -> list:
         """The outputs for `inputs`. Raises QueueFull at once, or DeadlineExceeded after `timeout_s`; either way
         the job's queue slot is free when this returns."""
-        job = self.put(inputs, key, timeout_s)
+        return await self.wait(self.put(inputs, key, timeout_s), timeout_s)
+
+    async def wait(self, job: Job, timeout_s: float) -> list:
+        """The outputs of a job `put` in the queue (see `submit`)."""
         try:
             return await asyncio.wait_for(asyncio.wrap_future(job.future), timeout=timeout_s)
         except TimeoutError:
             self._expire(job)
             raise DeadlineExceeded(f"no result within {timeout_s:g} s") from None
-        except asyncio.CancelledError:  # the client went away
+        except asyncio.CancelledError:
             self._expire(job)
-            raise
+            task = asyncio.current_task()
+            if job.future.cancelled() and (task is None or task.cancelling() == 0):
+                # not this task's cancellation (the client did not go away): a worker found the job past its
+                # deadline before this task's own timer fired
+                raise DeadlineExceeded(f"no result within {timeout_s:g} s") from None
+            raise  # the client went away
 
     def put(self, inputs: list, key: Hashable, timeout_s: float) -> Job:
         job = Job(list(inputs), key, time.monotonic() + timeout_s)
@@ -91,7 +107,7 @@ class MicroBatcher:
             self._pending += 1
             self.stats.submitted += 1
             self._jobs.append(job)
-            self._cv.notify()
+            self._cv.notify_all()  # an idle worker, or the one waiting for its batch to fill
         return job
 
     def _expire(self, job: Job) -> None:
@@ -115,7 +131,9 @@ class MicroBatcher:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        self._thread.join(timeout)
+        until = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if until is None else max(0.0, until - time.monotonic()))
 
     # --- worker -----------------------------------------------------------------------------------------
     def _take(self) -> list[Job] | None:
@@ -126,7 +144,7 @@ class MicroBatcher:
             if not self._jobs:
                 return None
             first = self._jobs[0]
-            batch_until = time.monotonic() + self.wait_s
+            batch_until = first.arrived + self.wait_s  # a job that queued during the previous call waits no more
             while True:  # wait a little for jobs that can join the first one
                 n = sum(len(j.inputs) for j in self._jobs if j.key == first.key)
                 left = batch_until - time.monotonic()

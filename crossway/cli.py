@@ -180,7 +180,10 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--checkpoint", default="best", choices=["best", "last"])
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    sv.add_argument("--threads", type=int, default=0, help="torch threads of each model process (default: torch's "
+                                                           "choice)")
+    sv.add_argument("--workers", type=int, default=1, help="model processes decoding side by side (0: decode in the "
+                                                           "server's own process)")
     sv.add_argument("--quantize", default="none", choices=list(cw.QUANTIZE), help="int8: dynamic int8 linear layers")
     sv.add_argument("--max-queue", type=int, default=64, help="requests queued or decoding; 429 beyond")
     sv.add_argument("--max-inputs", type=int, default=64, help="inputs per request")
@@ -560,7 +563,8 @@ def _serve(args) -> None:
 
     weights = _rescore_weights(args)
     try:
-        cfg = ServeConfig(host=args.host, port=args.port, threads=args.threads, max_queue=args.max_queue,
+        cfg = ServeConfig(host=args.host, port=args.port, threads=args.threads, workers=args.workers,
+                          max_queue=args.max_queue,
                           max_inputs=args.max_inputs, max_input_tokens=args.max_input_tokens,
                           max_body_bytes=args.max_body_bytes, max_batch_inputs=args.max_batch_inputs,
                           batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout,

@@ -35,14 +35,16 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossway import __version__
 from crossway.batcher import DeadlineExceeded, MicroBatcher, QueueFull
 from crossway.config import RunConfig, decode_overrides
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError, CrosswayError
+from crossway.graphone import is_graphone
 from crossway.inference import Translation, set_threads, translate
 from crossway.quantize import QUANTIZE, quantize
 from crossway.rerank import Rescorer, check_rerank, load_rescorer
@@ -54,7 +56,12 @@ if TYPE_CHECKING:
     from crossway.server_speech import SpeechEngine
 
 log = logging.getLogger("crossway.server")
+AnyEngine = "Engine | SegmentEngine | CaptionEngine | SpeechEngine"  # what load_engine returns (a type alias)
 MIN_TILE = 64  # smallest tile a request may ask for; with overlap <= tile / 2 tiles cover a pixel at most 4 times
+MIN_TIMEOUT_S = 0.1  # the shortest deadline a request may ask for (shorter ones are a 422, not a near-certain 504)
+# 422s that a request valid by the OpenAPI schema can still get: limits that JSON Schema cannot state (tokens per
+# input, the output length against the input's, n_best against beam_size); tests/test_contract.py holds them to it
+UNSTATED_LIMITS = ("input_too_long", "output_too_long", "invalid_options")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +78,9 @@ class ServeConfig:
     batch_wait_ms: float = 5.0  # how long the first request of a batch waits for others
     timeout_s: float = 30.0  # per-request deadline (a request may ask for less): 504 after it
     drain_timeout_s: float = 60.0  # SIGTERM: how long in-flight work may take before the server exits anyway
-    threads: int = 0  # torch threads; 0 = torch's choice
+    threads: int = 0  # torch threads (of each model process); 0 = torch's choice
+    workers: int = 1  # model processes (crossway.model_process), each with its batcher thread; 0 = no process:
+    #                   the model runs on one thread of the server's own process
     checkpoint: str = "best"
     quantize: str = "none"  # none | int8 (crossway.quantize)
     decode: tuple[str, ...] = ()  # "decode.key=value": the server's default decoding options (requests override)
@@ -87,6 +96,8 @@ class ServeConfig:
     max_audio_seconds: float = 300.0  # 413 above this duration (from the file's header), before decoding
 
     def __post_init__(self):
+        if self.workers < 0:
+            raise ValueError(f"serve.workers must be >= 0, not {self.workers}")
         for name in ("max_body_bytes", "max_inputs", "max_output_tokens", "max_beam_size", "max_queue",
                      "max_batch_inputs", "max_image_bytes", "max_image_pixels", "max_audio_bytes"):
             if getattr(self, name) < 1:
@@ -123,24 +134,18 @@ class Engine:
         self.max_positions = getattr(cfg.model, "max_positions", None)  # the Transformer's position table
 
     @classmethod
-    def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig()) -> Engine:
+    def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig(), weights: bool = True) -> Engine:
         """The model in `run` with `cfg`'s checkpoint choice, quantization, default decoding options and
-        rescorers (loaded alike)."""
-
-        def one(path):
-            loaded = load_checkpoint(path, cfg.checkpoint)
-            return dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
+        rescorers (loaded alike). `weights=False`: no weights (crossway.model_process's HTTP side)."""
 
         def rescorer(path):  # a run, quantized alike, or a graphone model (no weights to quantize)
-            r = load_rescorer(path, cfg.checkpoint)
-            return dataclasses.replace(r, model=quantize(r.model, cfg.quantize)) if isinstance(r, LoadedModel) else r
+            r = load_rescorer(path, cfg.checkpoint) if weights or is_graphone(path) else \
+                load_checkpoint(path, cfg.checkpoint, weights=False)
+            return dataclasses.replace(r, model=quantize(r.model, cfg.quantize)) if weights and isinstance(
+                r, LoadedModel) else r
 
-        loaded = one(run)
-        if cfg.decode:
-            config = dataclasses.replace(loaded.config, decode=decode_overrides(loaded.config.decode,
-                                                                                list(cfg.decode)))
-            loaded = dataclasses.replace(loaded, config=config)
-        return cls(loaded, Path(run).name, [rescorer(r) for r in cfg.rescore], cfg.rescore_weights)
+        return cls(load_run(run, cfg, weights), Path(run).name, [rescorer(r) for r in cfg.rescore],
+                   cfg.rescore_weights)
 
     @classmethod
     def check_options(cls, run: str | Path, config: RunConfig, cfg: ServeConfig) -> None:
@@ -193,9 +198,20 @@ def _tasks() -> dict[str, tuple[type[Engine | SegmentEngine | CaptionEngine | Sp
             "image_to_text": (CaptionEngine, add_caption_route), "speech": (SpeechEngine, add_transcribe_route)}
 
 
-def load_engine(run: str | Path, cfg: ServeConfig = ServeConfig()) -> Engine | SegmentEngine | CaptionEngine:
-    """The engine of the run's task, loaded with `cfg`."""
-    return _tasks()[load_config(run, cfg.checkpoint).task][0].load(run, cfg)
+def load_engine(run: str | Path, cfg: ServeConfig = ServeConfig(), weights: bool = True) -> AnyEngine:
+    """The engine of the run's task, loaded with `cfg` (without weights: see crossway.model_process)."""
+    return _tasks()[load_config(run, cfg.checkpoint).task][0].load(run, cfg, weights)
+
+
+def load_run(run: str | Path, cfg: ServeConfig, weights: bool = True) -> LoadedModel:
+    """The run's model as a server uses it: `cfg`'s checkpoint, quantization and default decoding options."""
+    loaded = load_checkpoint(run, cfg.checkpoint, weights)
+    if weights:
+        loaded = dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
+    if cfg.decode:
+        config = dataclasses.replace(loaded.config, decode=decode_overrides(loaded.config.decode, list(cfg.decode)))
+        loaded = dataclasses.replace(loaded, config=config)
+    return loaded
 
 
 def no_rescorers(run: str | Path, cfg: ServeConfig, task: str) -> None:
@@ -227,7 +243,7 @@ def _attention_kind(model_cfg) -> dict:
 # --- request and response ---------------------------------------------------------------------------------
 class DecodeOptions(BaseModel):
     """Overrides of the model's decoding options (see DecodeConfig); unset ones keep the model's values."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: `true` is no number, as the schema says
     strategy: Literal["greedy", "beam", "sample"] | None = None
     beam_size: int | None = Field(None, ge=1)
     n_best: int | None = Field(None, ge=1)
@@ -238,16 +254,46 @@ class DecodeOptions(BaseModel):
     temperature: float | None = Field(None, gt=0, le=100)
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2 ** 63)
     no_repeat_ngram: int | None = Field(None, ge=0, le=10)
+
+    @field_validator("beam_size", "n_best", "max_len_b", "min_len", "top_k", "seed", "no_repeat_ngram", mode="before")
+    @classmethod
+    def _integral(cls, value):
+        """JSON Schema's integers include 3.0; strict validation alone would refuse it."""
+        return int(value) if type(value) is float and value.is_integer() else value
 
 
 class TranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    inputs: list[str] = Field(min_length=1, description="texts to translate")
+    model_config = ConfigDict(extra="forbid", strict=True)
+    inputs: list[str] = Field(min_length=1, description="texts to translate, each with a character other than "
+                              "whitespace")
     options: DecodeOptions = Field(default_factory=DecodeOptions)
     return_attention: bool = False
-    timeout_s: float | None = Field(None, gt=0, description="deadline in seconds (at most the server's)")
+    timeout_s: float | None = Field(None, ge=MIN_TIMEOUT_S, description="deadline in seconds; a larger one than "
+                                    "the server's (GET /v1/info: limits.timeout_s) is cut to the server's")
+
+
+class Attention(BaseModel):
+    src_tokens: list[str]
+    tgt_tokens: list[str] = Field(description="the output tokens, and the end token when it was produced")
+    shape: list[int] = Field(description="(T, S) for the RNNs, (T, L, H, S) for the Transformer")
+    weights: list[list[float]] = Field(description="one row per output token, flattened (L x H x S)")
+
+
+class Output(BaseModel):
+    text: str
+    tokens: list[str]
+    score: float = Field(description="log-probability (beam: over the length penalty)")
+    finished: bool = Field(description="ended with the end token (not cut at the output limit)")
+    attention: Attention | None = Field(None, description="with return_attention; null for a model without any")
+    alternatives: list[Output] | None = Field(None, description="the rest of the n-best list (options.n_best > 1)")
+
+
+class TranslateResponse(BaseModel):
+    model: str = Field(description="the served run's name")
+    outputs: list[Output] = Field(description="one per input, in order")
+    time_ms: float
 
 
 class ErrorDetail(BaseModel):
@@ -273,9 +319,32 @@ class RequestError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
+    def __reduce__(self):  # a model process (crossway.model_process) sends these back
+        return _request_error, (self.status, self.code, self.message, self.extra)
 
-def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+def _request_error(status: int, code: str, message: str, extra: dict) -> RequestError:
+    return RequestError(status, code, message, **extra)
+
+
+def _error(status: int, code: str, message: str, **extra) -> Response:
+    return json_response({"error": {"code": code, "message": message, **extra}}, status)
+
+
+def json_response(body, status: int = 200) -> Response:
+    """`body` as a JSON response, encoded here (orjson when installed): FastAPI's own encoding of a returned dict
+    (jsonable_encoder, then json.dumps) costs more than the rest of a small request's handling."""
+    return Response(_dumps(body), status_code=status, media_type="application/json")
+
+
+try:
+    import orjson
+
+    def _dumps(body) -> bytes:
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+except ImportError:  # the standard library's, as compact
+    def _dumps(body) -> bytes:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def output_json(t: Translation, with_attention: bool) -> dict:
@@ -297,14 +366,14 @@ class ServerState:
     def __init__(self):
         self.status = "loading"  # loading | ready | draining | failed
         self.error: str | None = None
-        self.engine: Engine | SegmentEngine | CaptionEngine | None = None
+        self.engine: AnyEngine | None = None
         self.batcher: MicroBatcher | None = None
         self.inflight = 0  # translate, segment and caption requests being handled
 
     def idle(self) -> bool:
         return self.inflight == 0 and (self.batcher is None or self.batcher.pending == 0)
 
-    def ready_engine(self, task: str | None = None) -> Engine | SegmentEngine | CaptionEngine:
+    def ready_engine(self, task: str | None = None) -> AnyEngine:
         """The engine, if ready (503 otherwise); with `task`, only if it serves that task (404 naming the endpoint
         that does: the route exists, but not for this server's run, as OpenAI answers a chat model on
         /v1/completions)."""
@@ -331,7 +400,7 @@ class ServerState:
                                limit=timeout) from None
 
 
-def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: ServeConfig = ServeConfig()):
+def create_app(load: Callable[[], AnyEngine], cfg: ServeConfig = ServeConfig()):
     """The FastAPI app, with every task's endpoint (a run of another task answers 404). `load` runs on a
     background thread after start-up; readiness waits for it."""
     state = ServerState()
@@ -343,7 +412,7 @@ def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: 
             engine.warm_up()
             state.engine = engine
             state.batcher = MicroBatcher(engine.run_batch, cfg.max_queue, cfg.max_batch_inputs,
-                                         cfg.batch_wait_ms / 1000)
+                                         cfg.batch_wait_ms / 1000, workers=max(1, cfg.workers))
             if state.status == "loading":
                 state.status = "ready"
             log.info("model %s loaded and warmed up", engine.name)
@@ -357,6 +426,8 @@ def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: 
         yield
         if state.batcher is not None:
             state.batcher.close(timeout=5)
+        if hasattr(state.engine, "close"):  # model processes
+            state.engine.close()
 
     app = FastAPI(title="crossway", version=__version__, lifespan=lifespan,
                   description="Encoder-decoder models: translate, transliterate, convert graphemes to phonemes; "
@@ -365,6 +436,7 @@ def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: 
                               "serves one run: GET /v1/info says its task and so which of /v1/translate, /v1/segment, "
                               "/v1/caption and /v1/transcribe answers.")
     app.state.crossway = state
+    app.openapi = _with_limits(app.openapi, cfg)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -375,6 +447,13 @@ def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: 
         if first["field"] == "body" and request.headers.get("content-type", "").split(";")[0] != "application/json":
             message = "the body must be a JSON object (send it with Content-Type: application/json)"
         return _error(422, "invalid_request", message, field=first["field"], errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # a body FastAPI cannot parse (not UTF-8): as malformed JSON is, a 422
+            return _error(422, "invalid_request", f"body: {exc.detail} (send a UTF-8 JSON object)", field="body")
+        return _error(exc.status_code, {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http"),
+                      str(exc.detail))
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):
@@ -389,14 +468,15 @@ def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: 
     async def live():
         return {"status": "live"}
 
-    @app.get("/health/ready")
+    @app.get("/health/ready", responses={503: {"description": "loading, draining or failed (with the reason): "
+                                                              '{"status": ..., "error": ...}'}})
     async def ready():
         body = {"status": state.status}
         if state.error:
             body["error"] = state.error
         return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", responses=openapi_errors(e503="not_ready_loading, not_ready_draining, not_ready_failed"))
     async def info():
         engine = state.ready_engine()
         return {**engine.info(), "limits": engine.limits(cfg)}
@@ -418,19 +498,45 @@ def create_app(load: Callable[[], Engine | SegmentEngine | CaptionEngine], cfg: 
                                                "/v1/transcribe": cfg.max_audio_bytes})
 
 
+def _with_limits(openapi: Callable[[], dict], cfg: ServeConfig) -> Callable[[], dict]:
+    """The app's OpenAPI document with this server's limits in the request schema (and enforced by `_check`)."""
+
+    def document() -> dict:
+        doc = openapi()  # FastAPI builds it once and keeps it
+        schemas = doc["components"]["schemas"]
+        inputs = schemas["TranslateRequest"]["properties"]["inputs"]
+        inputs["maxItems"] = cfg.max_inputs
+        inputs["items"].update(minLength=1, pattern=r"\S")
+        options = schemas["DecodeOptions"]["properties"]
+        for name, limit in (("beam_size", cfg.max_beam_size), ("n_best", cfg.max_beam_size),
+                            ("max_len_b", cfg.max_output_tokens), ("min_len", cfg.max_output_tokens)):
+            next(s for s in options[name]["anyOf"] if s.get("type") == "integer")["maximum"] = limit
+        return doc
+
+    return document
+
+
 def add_translate_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> None:
     """`POST /v1/translate` on `app` (create_app adds it to every server: a run of another task answers 404)."""
     sample_ids = itertools.count()  # sampling requests are never batched together: seeded sampling depends on it
 
-    @app.post("/v1/translate", summary="Translate texts (text runs)",
-              responses=openapi_errors(
+    @app.post("/v1/translate", summary="Translate texts (text runs)", response_model=None,
+              description="The schema states every limit it can (GET /v1/info: limits). Three it cannot state are "
+                          f"checked here, each a 422 naming the limit: {', '.join(UNSTATED_LIMITS)} (tokens per "
+                          "input; max_len_a x the longest input's tokens + max_len_b, and min_len, against "
+                          "max_output_tokens; n_best at most beam_size), and the body's bytes (413).",
+              responses={200: {"model": TranslateResponse, "description": "one output per input"},
+                         **openapi_errors(
                   e404="wrong_task: this server serves a run of another task (the error names its endpoint)",
                   e413="body_too_large: over max_body_bytes, refused before it is read",
                   e422="invalid_request, too_many_inputs, empty_input, input_too_long, beam_too_large, "
                        "output_too_long, invalid_options",
-                  e429="queue_full: refused at once", e503="not_ready_loading, not_ready_draining, not_ready_failed",
-                  e504="deadline_exceeded"))
+                  e429="queue_full: refused at once", e503="not_ready_loading, not_ready_draining, not_ready_failed, "
+                  "model_restarting", e504="deadline_exceeded")})
     async def translate_route(req: TranslateRequest, engine: Annotated[Engine, Depends(_text_engine)]):
+        return await translate_request(req, engine)
+
+    async def translate_request(req: TranslateRequest, engine: Engine) -> Response:
         state.inflight += 1
         try:
             dcfg, timeout = _check(req, engine, cfg)
@@ -443,10 +549,26 @@ def add_translate_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> N
                 if t.alternatives:
                     item["alternatives"] = [output_json(a, req.return_attention) for a in t.alternatives]
                 results.append(item)
-            return {"model": engine.name, "outputs": results,
-                    "time_ms": round(1000 * (time.perf_counter() - t0), 2)}
+            return json_response({"model": engine.name, "outputs": results,
+                                  "time_ms": round(1000 * (time.perf_counter() - t0), 2)})
         finally:
             state.inflight -= 1
+
+    async def fast_path(body: bytes) -> Response | None:
+        """The response to a body that is a valid request, or None (FastAPI answers it, as the route does)."""
+        try:
+            req = TranslateRequest.model_validate_json(body)
+        except ValidationError:
+            return None
+        try:
+            return await translate_request(req, state.ready_engine("text"))
+        except RequestError as e:
+            return _error(e.status, e.code, e.message, **e.extra)
+        except Exception as e:  # a bug: as the app's handler says it
+            log.exception("unexpected error")
+            return _error(500, "internal", f"{type(e).__name__}: {e}")
+
+    app.state.translate_fast_path = fast_path
 
 
 # the route's engine, as a dependency: FastAPI resolves it before it checks the request's body and parameters, so a
@@ -490,7 +612,7 @@ def _check(req, engine: Engine, cfg: ServeConfig) -> tuple[DecodeConfig, float]:
     except ConfigError as e:
         raise RequestError(422, "invalid_options", f"this server reranks with {len(engine.rescorers)} rescoring "
                            f"model(s): {e}", field="options") from None
-    if dcfg.strategy == "beam" and dcfg.beam_size > cfg.max_beam_size:
+    if dcfg.beam_size > cfg.max_beam_size:  # whatever the strategy: the schema's maximum
         raise RequestError(422, "beam_too_large", f"options.beam_size={dcfg.beam_size} is over the limit of "
                            f"{cfg.max_beam_size}", field="options.beam_size", limit=cfg.max_beam_size)
     max_out = int(longest * dcfg.max_len_a) + dcfg.max_len_b
@@ -508,9 +630,13 @@ class BodyLimit:
     as a streamed (chunked) body passes the limit. Bodies under the limit are read here and handed on whole."""
 
     def __init__(self, app, max_bytes: int, paths: dict[str, int] | None = None):
-        """`paths`: other limits for some paths (images are larger than JSON bodies)."""
+        """`paths`: other limits for some paths (images are larger than JSON bodies). A valid `POST /v1/translate`
+        body goes from here to the route's own handler (`app.state.translate_fast_path`), past FastAPI's request
+        machinery (its middleware layers, dependency injection and body parsing cost more than the rest of a small
+        request); any other request, an invalid translate body included, goes to the FastAPI app."""
         self.app, self.max_bytes, self.paths = app, max_bytes, dict(paths or {})
         self.state = app.state.crossway  # tests and `serve` reach the server state through the wrapper
+        self.fast_path = getattr(app.state, "translate_fast_path", None)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -530,6 +656,10 @@ class BodyLimit:
             if size > limit:
                 return await self._reject(send, f"more than {limit} bytes", limit)
         body, delivered = b"".join(chunks), False
+        if self.fast_path is not None and scope["path"] == "/v1/translate" and _is_json(scope):
+            response = await self.fast_path(body)
+            if response is not None:
+                return await response(scope, receive, send)
 
         async def replay():
             nonlocal delivered
@@ -549,6 +679,13 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def _is_json(scope) -> bool:
+    for name, value in scope.get("headers") or ():
+        if name == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"application/json"
+    return False
+
+
 # --- running it -----------------------------------------------------------------------------------------------
 def serve(run: str | Path, cfg: ServeConfig = ServeConfig(), log_level: str = "info") -> None:
     """Serve the model in `run` until SIGTERM/SIGINT, then drain (see the module docstring)."""
@@ -559,7 +696,12 @@ def serve(run: str | Path, cfg: ServeConfig = ServeConfig(), log_level: str = "i
     # fail here, before the server starts
     config = load_config(run, cfg.checkpoint)
     _tasks()[config.task][0].check_options(run, config, cfg)
-    app = create_app(lambda: load_engine(run, cfg), cfg)
+    if cfg.workers:
+        from crossway.model_process import ProcessEngine  # builds on this module
+
+        app = create_app(lambda: ProcessEngine(run, cfg), cfg)
+    else:
+        app = create_app(lambda: load_engine(run, cfg), cfg)
     server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level,
                                            timeout_graceful_shutdown=cfg.drain_timeout_s),
                             app.state, cfg.drain_timeout_s)

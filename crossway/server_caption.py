@@ -35,8 +35,7 @@ from crossway.decoding import DecodeConfig
 from crossway.errors import DataError
 from crossway.inference import Translation, caption
 from crossway.plots import attention_matrix
-from crossway.quantize import quantize
-from crossway.server import RequestError, ServeConfig, ServerState, check_task, no_rescorers
+from crossway.server import RequestError, ServeConfig, ServerState, check_task, load_run, no_rescorers
 from crossway.server_segment import (
     IMAGE_BODY,
     IMAGE_TYPES,
@@ -47,7 +46,7 @@ from crossway.server_segment import (
     image_header,
     image_openapi_errors,
 )
-from crossway.training.checkpoint import LoadedModel, load_checkpoint
+from crossway.training.checkpoint import LoadedModel
 
 if TYPE_CHECKING:
     from crossway.config import RunConfig
@@ -66,16 +65,10 @@ class CaptionEngine:
         self.loaded, self.name, self.max_pixels = loaded, name, max_pixels
 
     @classmethod
-    def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig()) -> CaptionEngine:  # noqa: B008 (frozen)
+    def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig(), weights: bool = True) -> CaptionEngine:  # noqa: B008
         """The model in `run` with `cfg`'s checkpoint choice, quantization and default decoding options."""
         no_rescorers(run, cfg, "image_to_text")
-        loaded = load_checkpoint(run, cfg.checkpoint)
-        loaded = dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
-        if cfg.decode:
-            config = dataclasses.replace(loaded.config, decode=decode_overrides(loaded.config.decode,
-                                                                                list(cfg.decode)))
-            loaded = dataclasses.replace(loaded, config=config)
-        return cls(loaded, Path(run).name, cfg.max_image_pixels)
+        return cls(load_run(run, cfg, weights), Path(run).name, cfg.max_image_pixels)
 
     @classmethod
     def check_options(cls, run: str | Path, config: RunConfig, cfg: ServeConfig) -> None:

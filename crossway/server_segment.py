@@ -51,9 +51,9 @@ class SegmentEngine:
         self.gates = bool(getattr(loaded.config.model, "attention_gates", False))
 
     @classmethod
-    def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig()) -> SegmentEngine:  # noqa: B008 (frozen)
+    def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig(), weights: bool = True) -> SegmentEngine:  # noqa: B008
         _no_text_options(run, cfg)
-        return cls(load_checkpoint(run, cfg.checkpoint), Path(run).name, cfg.max_image_pixels)
+        return cls(load_checkpoint(run, cfg.checkpoint, weights), Path(run).name, cfg.max_image_pixels)
 
     @classmethod
     def check_options(cls, run: str | Path, config: RunConfig, cfg: ServeConfig) -> None:

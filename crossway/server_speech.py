@@ -40,12 +40,11 @@ from crossway.data.audio import FRAMES_PER_SECOND, MIN_SAMPLE_RATE, MIN_SAMPLES,
 from crossway.data.speech import prompt_ids
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError, DataError
-from crossway.quantize import quantize
-from crossway.server import RequestError, ServeConfig, ServerState, check_task, no_rescorers
+from crossway.server import RequestError, ServeConfig, ServerState, check_task, load_run, no_rescorers
 from crossway.server_caption import decode_options as caption_options
 from crossway.server_segment import check_query, upload_openapi_errors
 from crossway.speech import Transcript, transcribe
-from crossway.training.checkpoint import LoadedModel, load_checkpoint
+from crossway.training.checkpoint import LoadedModel
 
 if TYPE_CHECKING:
     from crossway.config import RunConfig
@@ -67,16 +66,10 @@ class SpeechEngine:
         self.loaded, self.name = loaded, name
 
     @classmethod
-    def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig()) -> SpeechEngine:  # noqa: B008 (frozen)
+    def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig(), weights: bool = True) -> SpeechEngine:  # noqa: B008
         """The model in `run` with `cfg`'s checkpoint choice, quantization and default decoding options."""
         no_rescorers(run, cfg, "speech")
-        loaded = load_checkpoint(run, cfg.checkpoint)
-        loaded = dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
-        if cfg.decode:
-            config = dataclasses.replace(loaded.config, decode=decode_overrides(loaded.config.decode,
-                                                                                list(cfg.decode)))
-            loaded = dataclasses.replace(loaded, config=config)
-        return cls(loaded, Path(run).name)
+        return cls(load_run(run, cfg, weights), Path(run).name)
 
     @classmethod
     def check_options(cls, run: str | Path, config: RunConfig, cfg: ServeConfig) -> None:

@@ -104,6 +104,24 @@ def test_deadline_frees_the_slot_and_a_queued_job_never_runs():
     b.close()
 
 
+def test_a_job_the_worker_expires_is_a_deadline_not_a_cancellation():
+    """The race: a worker takes a job already past its deadline (and cancels it) before the waiting task's own
+    timer fires. The caller must see DeadlineExceeded (a 504), not the cancellation (a 500)."""
+    run = Recorder()
+    b = MicroBatcher(run, max_queue=2, max_inputs=1, wait_s=0.0)
+
+    async def scenario():
+        job = b.put([1], "k", 0.0)  # due at once: the worker cancels it when it takes it
+        await asyncio.to_thread(lambda: time.sleep(0.2))
+        assert job.future.cancelled()
+        with pytest.raises(DeadlineExceeded):
+            await b.wait(job, 30.0)
+
+    asyncio.run(scenario())
+    assert run.calls == [] and b.pending == 0 and b.stats.expired == 1
+    b.close()
+
+
 def test_an_error_reaches_every_job_of_the_call():
     def boom(inputs, key):
         raise RuntimeError("model failed")

@@ -121,12 +121,17 @@ def _read_config(ckpt: Path) -> RunConfig:
     return RunConfig.from_dict(json.loads((ckpt / "config.json").read_text(encoding="utf-8")))
 
 
-def load_checkpoint(path: str | Path, which: str = "best") -> LoadedModel:
+def load_checkpoint(path: str | Path, which: str = "best", weights: bool = True) -> LoadedModel:
+    """The run's model, config and codecs. `weights=False` builds the model on the meta device and reads no
+    weights: what a process needs that checks requests and runs no model (the server's HTTP side)."""
     ckpt = resolve_checkpoint(path, which)
     try:
         config = _read_config(ckpt)
         vocab = json.loads((ckpt / "vocab.json").read_text(encoding="utf-8"))
         src, tgt = codec_from_dict(vocab["src"]), codec_from_dict(vocab["tgt"])
+        if not weights:
+            with torch.device("meta"):
+                return LoadedModel(build_model(config, src.size, tgt.size).eval(), config, src, tgt, ckpt)
         model = build_model(config, src.size, tgt.size)
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     except RuntimeError as e:  # shape mismatch
