@@ -9,7 +9,8 @@ the server delivers of what the model can do. Server configurations side by side
 
 Prints, per configuration: throughput (requests/s), latency p50/p90/p99, status-code counts, lost requests
 (sent but never answered), model calls, the server's resident memory before and after the load (model processes
-included), and the ratio of its throughput to the library's (`crossway.load(run).translate`, batches of
+included; "before" is after a warm-up of --warmup requests), CPU milliseconds per request of the server's process
+and of its model processes, and the ratio of its throughput to the library's (`crossway.load(run).translate`, batches of
 --max-batch-inputs, on the server's thread count, in this process after the servers have stopped).
 """
 
@@ -53,6 +54,17 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) / 1024
     return total
+
+
+def cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of `pid` and of its children (the model processes)."""
+    def one(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(c) for c in (children.read_text().split() if children.exists() else [])]
+    return one(pid), sum(one(k) for k in kids)
 
 
 def load_inputs(path: str | None, n: int, column: str | None = None, words: int = 0) -> list[str]:
@@ -197,7 +209,13 @@ def run_config(name: str, args, inputs: list[str]) -> dict:
             asyncio.run(drive(url, inputs[:args.warmup], args.clients, options))
         rss_before = rss_mib(proc.pid)
         calls_before = httpx.get(url + "/v1/stats", timeout=5).json()["queue"]["calls"]
+        cpu_before, client_before = cpu_s(proc.pid), os.times()
         result = asyncio.run((drive_httpx if args.client == "httpx" else drive)(url, inputs, args.clients, options))
+        cpu_after, client_after = cpu_s(proc.pid), os.times()
+        result["client_cpu_ms"] = 1000 * (client_after.user + client_after.system - client_before.user
+                                          - client_before.system) / len(inputs)
+        result["http_cpu_ms"], result["model_cpu_ms"] = (1000 * (b - a) / len(inputs)
+                                                         for a, b in zip(cpu_before, cpu_after, strict=True))
         stats = httpx.get(url + "/v1/stats", timeout=5).json()
         result.update(config=name, rss_before_mib=rss_before, rss_after_mib=rss_mib(proc.pid),
                       model_calls=stats["queue"]["calls"] - calls_before, sent=len(inputs))
@@ -252,18 +270,20 @@ def main() -> None:
     inputs = load_inputs(args.data, args.requests, args.column, args.words)
     results = [run_config(name, args, inputs) for name in args.configs.split(",")]
     library = library_throughput(args, inputs)
-    print(f"\n{args.requests} requests, {args.clients} concurrent clients, model {args.model}, options {args.options}, "
-          f"server threads {args.threads}\n")
+    print(f"\n{args.requests} requests, {args.clients} concurrent clients ({args.client} client, "
+          f"{sum(r['client_cpu_ms'] for r in results) / len(results):.2f} ms of CPU per request), model {args.model}, "
+          f"options {args.options}, server threads {args.threads}\n")
     print("| configuration | req/s | p50 ms | p90 ms | p99 ms | statuses | lost | model calls "
-          "| RSS before -> after MiB | server / library |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| RSS before -> after MiB | CPU ms/request: server + model processes | server / library |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         r["library_ratio"] = r["rps"] / library
         print(f"| {r['config']} | {r['rps']:.0f} | {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} | "
               f"{r['statuses']}{' errors ' + str(r['errors']) if r['errors'] else ''} | {r['lost']} | "
               f"{r['model_calls']} | {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} | "
-              f"{r['library_ratio']:.2f} |")
-    print(f"| library, batches of {args.max_batch_inputs} | {library:.0f} | | | | | | | | 1.00 |")
+              f"{r['http_cpu_ms']:.2f} + {r['model_cpu_ms']:.2f} | {r['library_ratio']:.2f} |")
+    print(f"| library, batches of {args.max_batch_inputs} | {library:.0f} | | | | | | | | "
+          f"{1000 / library:.2f} | 1.00 |")
     for r in results:
         growth = r["rss_after_mib"] - r["rss_before_mib"]
         ok = growth <= args.rss_budget_mib and r["lost"] == 0

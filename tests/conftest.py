@@ -52,6 +52,20 @@ def reversal_data(tmp_path) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def reversal_transformer(tmp_path_factory) -> tuple[Path, dict[str, Path], int]:
+    """The Transformer that learns the reversal task (REVERSAL_TRANSFORMER), trained once for the session: its
+    run directory, its data and the step it stopped at (test_end_to_end checks it learned; test_quantize uses it)."""
+    from crossway import train
+
+    d = tmp_path_factory.mktemp("reversal_transformer")
+    data = {"train": write_tsv(d / "train.tsv", reversal_rows(3000, seed=1)),
+            "valid": write_tsv(d / "valid.tsv", reversal_rows(200, seed=2))}
+    torch.manual_seed(0)
+    state = train(tiny_config(data, d / "run", **REVERSAL_TRANSFORMER))
+    return d / "run", data, state.step
+
+
 def tiny_config(data: dict[str, Path], out_dir: Path, **sections) -> RunConfig:
     raw = {
         "data": {"train": str(data["train"]), "valid": str(data["valid"]), "max_src_len": 20, "max_tgt_len": 20},

@@ -169,6 +169,8 @@ def test_evaluate_and_translate_an_ensemble(served_runs, tmp_path):
     assert p.returncode == 0 and len(p.stdout.decode().splitlines()) == 2, p.stderr.decode()
 
 
+# slow (~20 s): the graphone model's own tests (tests/test_graphone.py) run in the test command
+@pytest.mark.slow
 def test_graphone_trains_and_rescores(run, tmp_path):
     train, valid, g = str(run["dir"] / "train.tsv"), str(run["dir"] / "valid.tsv"), tmp_path / "g"
     p = cw("graphone", train, "--out", str(g), "--order", "3", "--iterations", "3")

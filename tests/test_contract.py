@@ -25,7 +25,7 @@ from tests.servers import running, wait_ready
 
 # examples per operation and generation mode; `CROSSWAY_CONTRACT_EXAMPLES=500 pytest tests/test_contract.py` for
 # the full run
-EXAMPLES = int(os.environ.get("CROSSWAY_CONTRACT_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("CROSSWAY_CONTRACT_EXAMPLES", "40"))
 
 
 class ContractBroken(AssertionError):

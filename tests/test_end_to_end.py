@@ -27,15 +27,21 @@ VARIANTS = [  # attention, cell, steps
 ]
 
 
+def _score(run, data, name: str, step: int, max_steps: int, reason: str = "") -> None:
+    em = evaluate_file(load_checkpoint(run), str(data["valid"])).metrics["exact_match"]
+    assert step == max_steps, (f"{name}: stopped at step {step} of {max_steps}: {reason} (the guard against a hung "
+                               "run)")
+    assert em >= 0.95, f"{name}: exact match {em:.3f} after {step} steps"
+
+
 def _train_and_score(cfg, data, name: str) -> None:
     state = train(cfg)
-    em = evaluate_file(load_checkpoint(cfg.train.out_dir), str(data["valid"])).metrics["exact_match"]
-    assert state.step == cfg.train.max_steps, (f"{name}: stopped at step {state.step} of {cfg.train.max_steps}: "
-                                               f"{state.stop_reason} (the guard against a hung run)")
-    assert em >= 0.95, f"{name}: exact match {em:.3f} after {state.step} steps"
+    _score(cfg.train.out_dir, data, name, state.step, cfg.train.max_steps, state.stop_reason)
 
 
-@pytest.mark.parametrize("attention,cell,steps", VARIANTS)
+# one variant in the test command; the rest with `-m slow` (20-50 s each)
+@pytest.mark.parametrize("attention,cell,steps", [v if v[0] == "bahdanau" else pytest.param(*v, marks=pytest.mark.slow)
+                                                  for v in VARIANTS])
 def test_rnn_variant_learns_reversal(attention, cell, steps, reversal_data, tmp_path):
     cfg = tiny_config(
         reversal_data, tmp_path / "run",
@@ -46,6 +52,6 @@ def test_rnn_variant_learns_reversal(attention, cell, steps, reversal_data, tmp_
     _train_and_score(cfg, reversal_data, f"{attention}/{cell}")
 
 
-def test_transformer_learns_reversal(reversal_data, tmp_path):
-    cfg = tiny_config(reversal_data, tmp_path / "run", **REVERSAL_TRANSFORMER)
-    _train_and_score(cfg, reversal_data, "transformer")
+def test_transformer_learns_reversal(reversal_transformer):
+    run, data, step = reversal_transformer
+    _score(run, data, "transformer", step, REVERSAL_TRANSFORMER["train"]["max_steps"])

@@ -11,26 +11,19 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from torch import nn
 
-from crossway import evaluate_file, load_checkpoint, quantize, train
-from tests.conftest import REVERSAL_TRANSFORMER, tiny_config
+from crossway import evaluate_file, load_checkpoint, quantize
+from tests.conftest import REVERSAL_TRANSFORMER
 
 AGREEMENT, EM_DROP = 0.95, 0.02
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from tests.conftest import reversal_rows, write_tsv
-
-    d = tmp_path_factory.mktemp("quantize")
-    data = {"train": write_tsv(d / "train.tsv", reversal_rows(3000, seed=1)),
-            "valid": write_tsv(d / "valid.tsv", reversal_rows(200, seed=2))}
-    torch.manual_seed(0)
-    state = train(tiny_config(data, d / "run", **REVERSAL_TRANSFORMER))  # the run of test_end_to_end's Transformer
-    assert state.step == REVERSAL_TRANSFORMER["train"]["max_steps"], state.stop_reason
-    return load_checkpoint(d / "run"), str(data["valid"])
+def trained(reversal_transformer):
+    run, data, step = reversal_transformer  # the run of test_end_to_end's Transformer
+    assert step == REVERSAL_TRANSFORMER["train"]["max_steps"]
+    return load_checkpoint(run), str(data["valid"])
 
 
 def test_quantize_replaces_linear_layers_only(trained):

@@ -112,6 +112,8 @@ def test_resume_continues_exactly(shapes, tmp_path):
     assert loss(tmp_path / "whole") == loss(tmp_path / "cut")
 
 
+# slow (~20 s): the loop's SIGTERM promise is tested on text runs in the test command (tests/training/test_faults.py)
+@pytest.mark.slow
 def test_sigterm_saves_and_the_rerun_resumes_exactly(shapes, tmp_path):
     kw = dict(train={"max_steps": 60, "log_every": 1})
     train(seg_config(shapes, tmp_path / "whole", **kw))

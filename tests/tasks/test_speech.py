@@ -32,7 +32,7 @@ def config(root, out, **data) -> RunConfig:
                  "max_seconds": 3, "max_frames": 4000, "spec_augment": False, **data},
         "model": SMALL,
         "train": {"out_dir": str(out), "max_steps": 500, "lr": 3e-3, "warmup_steps": 30, "schedule": "cosine",
-                  "seed": 1, "threads": 1, "progress": False, "max_epochs": 1000, "patience": 1000},
+                  "seed": 1, "threads": 2, "progress": False, "max_epochs": 1000, "patience": 1000},
         "decode": {"max_len_a": 1.0, "max_len_b": 10},
     })
 
