@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import threading
 import time
@@ -62,6 +63,16 @@ def test_a_killed_model_process_is_a_503_then_replaced(served_runs):
         assert engine.run_batch(["abc"], ("translate", dcfg, None))[0].text == before
     finally:
         engine.close()
+
+
+def test_a_model_that_fails_to_load_in_its_process_is_an_error_naming_the_file(served_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(served_runs["rnn"], run)
+    weights = run / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # the config and vocabulary still read: only the child fails
+    with pytest.raises(Exception, match="model.safetensors|cannot load|checkpoint") as info:
+        ProcessEngine(run, ServeConfig(workers=1, threads=1))
+    assert str(run) in str(info.value) or "model.safetensors" in str(info.value)
 
 
 def test_a_slow_request_does_not_hold_back_short_ones(served_runs):
