@@ -192,6 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-image-bytes", type=int, default=20_000_000, help="image runs: image bodies (413 above)")
     sv.add_argument("--max-image-pixels", type=int, default=16_777_216,
                     help="image runs: declared width x height (413 above, checked before decoding)")
+    sv.add_argument("--max-audio-bytes", type=int, default=25_000_000, help="speech runs: audio bodies (413 above)")
+    sv.add_argument("--max-audio-seconds", type=float, default=300.0,
+                    help="speech runs: duration from the file's header (413 above, checked before decoding)")
     sv.add_argument("--tile", type=int, default=512, help="segmentation: the largest window segmented at once; "
                                                          "larger images go in overlapping tiles (0 = whole images)")
     sv.add_argument("--overlap", type=int, default=32, help="segmentation: default tile overlap (at most tile / 2)")
@@ -572,6 +575,7 @@ def _serve(args) -> None:
                           decode=tuple(args.overrides), rescore=tuple(args.rescore),
                           rescore_weights=None if weights is None else tuple(weights),
                           max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels,
+                          max_audio_bytes=args.max_audio_bytes, max_audio_seconds=args.max_audio_seconds,
                           tile=args.tile, overlap=args.overlap)
     except ValueError as e:  # a limit out of range, weights that do not match the models
         raise cw.ConfigError(str(e)) from None

@@ -23,6 +23,7 @@ from crossway import TileConfig, load_checkpoint, segment_image, train
 from crossway.cli import main
 from crossway.data.images import load_image
 from crossway.errors import ConfigError
+from crossway.model_process import ProcessEngine
 from crossway.segment import PALETTE, gate_maps, overlay
 from crossway.server import Engine, ServeConfig, create_app, load_engine
 from crossway.server_segment import SegmentEngine
@@ -120,6 +121,20 @@ def test_png_in_mask_out_equals_the_library(client, runs, model, params, tiles):
     assert np.array_equal(mask, want) and len(np.unique(want)) > 1  # a real mask, not all background
     palette = Image.open(io.BytesIO(r.content)).getpalette()[:3 * len(PALETTE)]
     assert palette == [v for c in PALETTE for v in c]
+
+
+def test_a_model_process_segments_as_the_library_does(runs, model):
+    """`crossway serve`'s default: the model in its own process (crossway.model_process), for images as for text."""
+    cfg = ServeConfig(workers=1, threads=1)
+    with running(create_app(lambda: ProcessEngine(runs["unet"], cfg), cfg)) as url, \
+            httpx.Client(base_url=url, timeout=60) as c:
+        wait_ready(c, timeout=120)
+        r = segment(c, runs["big"].read_bytes())
+        assert r.status_code == 200, r.text
+        assert np.array_equal(png_array(r.content)[0], segment_image(model, load_image(runs["big"]),
+                                                                     TileConfig()).numpy())
+        bad = segment(c, b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a 422 raised in the model process reaches the client
+        assert bad.status_code == 422 and bad.json()["error"]["code"], bad.text
 
 
 @pytest.mark.parametrize("fmt,ctype,mode", [("JPEG", "image/jpeg", "RGB"), ("TIFF", "image/tiff", "RGB"),
