@@ -237,13 +237,20 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--out", help="PNG path (default: RUN/curves.png)")
     pc.set_defaults(func=_plot_curves)
 
-    cv = sub.add_parser("convert", help="Hugging Face MarianMT / BART directory <-> crossway run")
+    cv = sub.add_parser("convert", help="Hugging Face MarianMT / BART directory <-> crossway run; crossway "
+                                        "Transformer -> CTranslate2 model")
     way = cv.add_mutually_exclusive_group(required=True)
     way.add_argument("--from-hf", metavar="DIR", help="local HF model directory (config.json, model.safetensors or "
                                                       "pytorch_model.bin, tokenizer files) -> crossway run --out")
     way.add_argument("--to-hf", metavar="RUN", help="crossway run (or checkpoint) -> HF directory --out")
-    cv.add_argument("--out", required=True, help="the run (--from-hf) or HF directory (--to-hf) to write")
-    cv.add_argument("--checkpoint", default="best", choices=["best", "last"], help="with --to-hf")
+    way.add_argument("--to-ct2", metavar="RUN", help="crossway Transformer run -> CTranslate2 model directory --out "
+                                                     "(pip install ctranslate2)")
+    cv.add_argument("--out", required=True, help="the run (--from-hf), HF directory (--to-hf) or CTranslate2 "
+                                                 "directory (--to-ct2) to write")
+    cv.add_argument("--checkpoint", default="best", choices=["best", "last"], help="with --to-hf and --to-ct2")
+    cv.add_argument("--quantize", default="float32", choices=["float32", "int8", "int8_float32", "float16",
+                                                              "int8_float16", "bfloat16"],
+                    help="with --to-ct2: the CTranslate2 weights' type")
     cv.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     cv.set_defaults(func=_convert)
     return p
@@ -614,5 +621,10 @@ def _plot_curves(args) -> None:
 def _convert(args) -> None:
     if args.from_hf:
         print(f"imported {args.from_hf} -> {cw.import_hf(args.from_hf, args.out, overwrite=args.overwrite)}")
+    elif args.to_ct2:
+        from crossway.ct2 import export_ct2
+
+        out = export_ct2(args.to_ct2, args.out, args.checkpoint, args.quantize, args.overwrite)
+        print(f"converted {args.to_ct2} -> {out} (CTranslate2, {args.quantize})")
     else:
         print(f"exported {args.to_hf} -> {cw.export_hf(args.to_hf, args.out, args.checkpoint, args.overwrite)}")
