@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import crossway as cw
+from crossway.ct2 import QUANTIZE as CT2_TYPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,9 +249,8 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", required=True, help="the run (--from-hf), HF directory (--to-hf) or CTranslate2 "
                                                  "directory (--to-ct2) to write")
     cv.add_argument("--checkpoint", default="best", choices=["best", "last"], help="with --to-hf and --to-ct2")
-    cv.add_argument("--quantize", default="float32", choices=["float32", "int8", "int8_float32", "float16",
-                                                              "int8_float16", "bfloat16"],
-                    help="with --to-ct2: the CTranslate2 weights' type")
+    cv.add_argument("--quantize", default="float32", choices=CT2_TYPES, help="with --to-ct2: the CTranslate2 "
+                                                                            "weights' type")
     cv.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     cv.set_defaults(func=_convert)
     return p

@@ -11,13 +11,13 @@ decoder starts from crossway's start token. Sources are given to CTranslate2 as 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
 from crossway.data.tokenizers import BOS_ID, EOS_ID, UNK_ID
 from crossway.errors import CheckpointError, ConfigError
+from crossway.hf import check_out
 from crossway.models.transformer import TransformerConfig
 from crossway.training.checkpoint import LoadedModel, load_checkpoint
 
@@ -40,10 +40,7 @@ def export_ct2(run: str | Path, out_dir: str | Path, which: str = "best", quanti
     loaded = load_checkpoint(run, which)
     spec = transformer_spec(loaded)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out} is not empty (--overwrite replaces it)")
-        shutil.rmtree(out)
+    check_out(out, overwrite, "--out directory")
     spec.validate()
     spec.optimize(quantization=quantize)
     out.mkdir(parents=True, exist_ok=True)

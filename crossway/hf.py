@@ -130,7 +130,7 @@ def import_hf(hf_dir: str | Path, out_run: str | Path, overwrite: bool = False) 
     meta = {"model_type": mtype, "config": config, "generation_config": gen or None, "special_ids": ids,
             "special_tokens": {k: names[ids[k]] for k in ("pad", "eos", "unk") if ids[k] is not None},
             "tokenizer_config": tokfiles.get("tokenizer_config")}
-    _check_out(out_run, overwrite, "--out run")
+    check_out(out_run, overwrite, "--out run")
     return save_checkpoint(out_run / "best", model, run_cfg, src, tgt, extra_json={"hf.json": meta})
 
 
@@ -354,7 +354,7 @@ def export_hf(run: str | Path, out_dir: str | Path, which: str = "best", overwri
     index = torch.tensor([position[j] for j in range(V_hf)])
     state = _export_state(loaded.model, cfg, index)
     config = _hf_config(cfg, mtype, V_hf, ids, meta)
-    _check_out(out_dir, overwrite, "--out directory")
+    check_out(out_dir, overwrite, "--out directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     _write_json(out_dir / "config.json", config)
@@ -485,7 +485,8 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _check_out(path: Path, overwrite: bool, what: str) -> None:
+def check_out(path: Path, overwrite: bool, what: str) -> None:
+    """An output directory that may be written: absent or empty, or emptied here with `overwrite`."""
     if path.exists() and any(path.iterdir()):
         if not overwrite:
             raise CheckpointError(f"{path}: {what} exists and is not empty (pass --overwrite to replace it)")

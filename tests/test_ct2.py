@@ -21,6 +21,7 @@ def _ct2_outputs(out_dir, loaded, texts, **options) -> list[list[str]]:
     translator = ctranslate2.Translator(str(out_dir), device="cpu", intra_threads=1)
     dcfg = loaded.config.decode
     sources = [[loaded.src.vocab.itos[i] for i in loaded.src.encode(t)] for t in texts]
+    # the longest output crossway allows: max_len_a x tiny_config's 20 source tokens + max_len_b
     results = translator.translate_batch(sources, max_decoding_length=int(dcfg.max_len_a * 20) + dcfg.max_len_b,
                                          **options)
     return [r.hypotheses[0] for r in results]
