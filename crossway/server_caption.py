@@ -35,7 +35,7 @@ from crossway.decoding import DecodeConfig
 from crossway.errors import DataError
 from crossway.inference import Translation, caption
 from crossway.plots import attention_matrix
-from crossway.server import RequestError, ServeConfig, ServerState, check_task, load_run, no_rescorers
+from crossway.server import MIN_TIMEOUT_S, RequestError, ServeConfig, ServerState, check_task, load_run, no_rescorers
 from crossway.server_segment import (
     IMAGE_BODY,
     IMAGE_TYPES,
@@ -207,7 +207,8 @@ def add_caption_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> Non
             max_len_b: int | None = Query(None, ge=0, description="the most tokens (plus the server's max_len_a "
                                           "x grid cells; at most limits.max_output_tokens)"),
             attention: bool = Query(False, description="add the attention maps, one h x w grid per token"),
-            timeout_s: float | None = Query(None, gt=0, description="deadline in seconds (at most the server's)")):
+            timeout_s: float | None = Query(None, ge=MIN_TIMEOUT_S, description="deadline in seconds (at most the "
+                                            "server's)")):
         state.inflight += 1
         try:
             t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from crossway.data.images import ImageTooLarge, UnsupportedImageMode, load_image, open_image
 from crossway.errors import ConfigError, DataError
 from crossway.segment import PALETTE, TileConfig, gate_maps, mask_png, overlay, segment_image
-from crossway.server import MIN_TILE, RequestError, ServeConfig, ServerState, check_task, openapi_errors
+from crossway.server import MIN_TILE, MIN_TIMEOUT_S, RequestError, ServeConfig, ServerState, check_task, openapi_errors
 from crossway.training.checkpoint import LoadedModel, load_checkpoint
 
 if TYPE_CHECKING:
@@ -234,7 +234,8 @@ def add_segment_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> Non
                                 "images within the server's tile)"),
             image: bool = Query(False, description="json: add the image as the model saw it (its channels)"),
             alpha: float = Query(0.5, ge=0, le=1, description="json: the overlay's tint opacity"),
-            timeout_s: float | None = Query(None, gt=0, description="deadline in seconds (at most the server's)")):
+            timeout_s: float | None = Query(None, ge=MIN_TIMEOUT_S, description="deadline in seconds (at most the "
+                                            "server's)")):
         state.inflight += 1
         try:
             t0 = time.perf_counter()

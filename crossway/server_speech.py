@@ -40,7 +40,7 @@ from crossway.data.audio import FRAMES_PER_SECOND, MIN_SAMPLE_RATE, MIN_SAMPLES,
 from crossway.data.speech import prompt_ids
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError, DataError
-from crossway.server import RequestError, ServeConfig, ServerState, check_task, load_run, no_rescorers
+from crossway.server import MIN_TIMEOUT_S, RequestError, ServeConfig, ServerState, check_task, load_run, no_rescorers
 from crossway.server_caption import decode_options as caption_options
 from crossway.server_segment import check_query, upload_openapi_errors
 from crossway.speech import Transcript, transcribe
@@ -260,7 +260,8 @@ def add_transcribe_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> 
             max_len_b: int | None = Query(None, ge=0, description="the most tokens per window (plus the server's "
                                           "max_len_a x memory positions; at most limits.max_output_tokens)"),
             attention: bool = Query(False, description="add each token's attention over time and the spectrogram"),
-            timeout_s: float | None = Query(None, gt=0, description="deadline in seconds (at most the server's)")):
+            timeout_s: float | None = Query(None, ge=MIN_TIMEOUT_S, description="deadline in seconds (at most the "
+                                            "server's)")):
         state.inflight += 1
         try:
             t0 = time.perf_counter()
