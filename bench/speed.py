@@ -7,7 +7,9 @@ crossway (`crossway.import_hf`, as `crossway convert --from-hf`) and converted t
 (`ctranslate2.converters.TransformersConverter`, as `ct2-transformers-converter`). Every engine then decodes the
 same English verses of the Bible test set in the same batches of 32 (sorted by length):
 
-    crossway fp32, crossway int8 (`crossway.quantize`), HF generate() fp32, CTranslate2 float32 and int8
+    crossway fp32, crossway int8 (`crossway.quantize`), HF generate() fp32, CTranslate2 float32 and int8, and
+    crossway's CTranslate2 engine (`crossway.load(run, engine="ctranslate2")`: the crossway run converted by
+    `crossway.ct2`, decoded through crossway's `decode`) float32 and int8
 
 Two modes:
     forced   random weights; every engine emits exactly --length tokens per sentence (min == max new tokens),
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import statistics
@@ -64,7 +67,8 @@ SIZES = {  # name -> (layers per stack, d_model, ff, heads)
     "base": (6, 512, 2048, 8),
 }
 SEARCHES = {"greedy": 1, "beam4": 4}
-ENGINES = ("crossway fp32", "crossway int8", "HF generate", "CT2 float32", "CT2 int8")
+ENGINES = ("crossway fp32", "crossway int8", "HF generate", "CT2 float32", "CT2 int8", "crossway CT2 float32",
+           "crossway CT2 int8")
 TRAIN_LR, TRAIN_WARMUP, TRAIN_TOKENS, TRAIN_MAX_LEN = 1e-3, 200, 3000, 128  # natural mode's short training
 
 
@@ -215,15 +219,15 @@ def save_trained(model, loaded: cw.LoadedModel, base: Path) -> None:
 class Batches:
     """The same sentences in the same batches for every engine, in each engine's input form."""
 
-    def __init__(self, loaded: cw.LoadedModel, vocab: dict[str, int], texts: list[str]):
+    def __init__(self, loaded: cw.LoadedModel, vocab: dict[str, int], texts: list[str], batch: int = BATCH):
         ids = json.loads((loaded.path / "hf.json").read_text(encoding="utf-8"))["special_ids"]
         self.hf_of = vocab_order(len(vocab), ids["pad"], ids["start"], ids["eos"], ids["unk"])  # crossway -> HF id
         self.names = {i: t for t, i in vocab.items()}
         ids = [loaded.src.encode(t) for t in texts]  # pieces + eos, as MarianTokenizer frames them
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         self.crossway, self.hf, self.ct2 = [], [], []
-        for start in range(0, len(order), BATCH):
-            rows = [ids[i] for i in order[start:start + BATCH]]
+        for start in range(0, len(order), batch):
+            rows = [ids[i] for i in order[start:start + batch]]
             S = max(map(len, rows))
             src = torch.tensor([r + [PAD_ID] * (S - len(r)) for r in rows])
             mask = src != PAD_ID
@@ -313,51 +317,58 @@ def bench_one(size: str, mode: str, texts: list[str], spm_bytes: bytes, args) ->
     hf_model = transformers.MarianMTModel.from_pretrained(hf_dir).eval()
     fp32 = loaded.model.eval()
     int8 = quantize(fp32)
-    batches = Batches(loaded, vocab, texts)
     rows = []
-    for threads in args.threads:
-        torch.set_num_threads(threads)
+    for threads, batch, (search, beams) in itertools.product(args.threads, args.batch, SEARCHES.items()):
+        if search not in args.searches:
+            continue
+        batches = Batches(loaded, vocab, texts, batch)
+        torch.set_num_threads(threads)  # (crossway's CTranslate2 engine takes torch's thread count when loaded)
         ct2 = {q: ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type=q, intra_threads=threads,
                                          inter_threads=1) for q in ("float32", "int8")}
-        for search, beams in SEARCHES.items():
-            if search not in args.searches:
-                continue
-            cfg, gen, opts = search_options(beams, mode, args.length)
-            engines = {"crossway fp32": crossway_engine(fp32, batches, cfg),
-                       "crossway int8": crossway_engine(int8, batches, cfg),
-                       "HF generate": hf_engine(hf_model, batches, gen),
-                       "CT2 float32": ct2_engine(ct2["float32"], batches, opts, vocab),
-                       "CT2 int8": ct2_engine(ct2["int8"], batches, opts, vocab)}
-            res = measure(engines, len(batches.crossway), args.reps)
-            if mode == "forced":
-                counts = {k: r["tokens"] for k, r in res.items()}
-                assert len(set(counts.values())) == 1, f"forced mode: engines emitted {counts} tokens"
-            ref = res["HF generate"]["outputs"]
-            row = {"size": size, "mode": mode, "threads": threads, "search": search, "sentences": len(texts),
-                   "engines": {k: {"tok_s": r["tokens"] / r["seconds"], "tokens": r["tokens"],
-                                   "seconds": r["seconds"], "times": r["times"],
-                                   "same_as_hf": sum(a == b for a, b in zip(r["outputs"], ref, strict=True))
-                                   / len(ref)} for k, r in res.items()}}
-            rows.append(row)
-            print(format_row(row), flush=True)
+        ours = {q: cw.load_models([loaded.path], engine="ctranslate2", quantize=q).model for q in ("none", "int8")}
+        cfg, gen, opts = search_options(beams, mode, args.length)
+        engines = {"crossway fp32": crossway_engine(fp32, batches, cfg),
+                   "crossway int8": crossway_engine(int8, batches, cfg),
+                   "HF generate": hf_engine(hf_model, batches, gen),
+                   "CT2 float32": ct2_engine(ct2["float32"], batches, opts, vocab),
+                   "CT2 int8": ct2_engine(ct2["int8"], batches, opts, vocab),
+                   "crossway CT2 float32": crossway_engine(ours["none"], batches, cfg),
+                   "crossway CT2 int8": crossway_engine(ours["int8"], batches, cfg)}
+        res = measure(engines, len(batches.crossway), args.reps)
+        if mode == "forced":
+            counts = {k: r["tokens"] for k, r in res.items()}
+            assert len(set(counts.values())) == 1, f"forced mode: engines emitted {counts} tokens"
+        ref = res["HF generate"]["outputs"]
+        row = {"size": size, "mode": mode, "threads": threads, "batch": batch, "search": search,
+               "sentences": len(texts),
+               "engines": {k: {"tok_s": r["tokens"] / r["seconds"], "tokens": r["tokens"],
+                               "seconds": r["seconds"], "times": r["times"],
+                               "same_as_hf": sum(a == b for a, b in zip(r["outputs"], ref, strict=True))
+                               / len(ref)} for k, r in res.items()}}
+        rows.append(row)
+        print(format_row(row), flush=True)
     return rows
 
 
 def ratios(row: dict) -> dict[str, float]:
     e = {k: v["tok_s"] for k, v in row["engines"].items()}
     return {"fp32/HF": e["crossway fp32"] / e["HF generate"], "fp32/CT2 f32": e["crossway fp32"] / e["CT2 float32"],
-            "int8/CT2 int8": e["crossway int8"] / e["CT2 int8"]}
+            "int8/CT2 int8": e["crossway int8"] / e["CT2 int8"],
+            "crossway CT2 f32/CT2 f32": e["crossway CT2 float32"] / e["CT2 float32"],
+            "crossway CT2 int8/CT2 int8": e["crossway CT2 int8"] / e["CT2 int8"]}
 
 
-HEADER = ("| size | mode | threads | search | crossway fp32 | crossway int8 | HF generate | CT2 float32 | CT2 int8 "
-          "| fp32 / HF | fp32 / CT2 f32 | int8 / CT2 int8 |\n|" + "---|" * 12)
+HEADER = ("| size | mode | threads | batch | search | crossway fp32 | crossway int8 | HF generate | CT2 float32 "
+          "| CT2 int8 | crossway CT2 float32 | crossway CT2 int8 | fp32 / HF | fp32 / CT2 f32 | int8 / CT2 int8 "
+          "| crossway CT2 f32 / CT2 f32 | crossway CT2 int8 / CT2 int8 |\n|" + "---|" * 17)
 
 
 def format_row(row: dict) -> str:
     e = row["engines"]
     cells = [f"{e[k]['tok_s']:.0f}" for k in ENGINES]
     r = ratios(row)
-    return (f"| {row['size']} | {row['mode']} | {row['threads']} | {row['search']} | " + " | ".join(cells) + " | "
+    return (f"| {row['size']} | {row['mode']} | {row['threads']} | {row['batch']} | {row['search']} | "
+            + " | ".join(cells) + " | "
             + " | ".join(f"{v:.2f}x" for v in r.values()) + " |")
 
 
@@ -367,6 +378,7 @@ def main() -> None:
     ap.add_argument("--modes", default="forced,natural", help="forced (random weights) and/or natural (trained)")
     ap.add_argument("--searches", default="greedy,beam4", help="greedy and/or beam4")
     ap.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
+    ap.add_argument("--batch", default=str(BATCH), help=f"comma-separated batch sizes, e.g. 1,32 (default {BATCH})")
     ap.add_argument("--all", action="store_true", help="all 1,000 test verses (default: the first 32)")
     ap.add_argument("--length", type=int, default=64, help="forced mode: target tokens per sentence")
     ap.add_argument("--reps", type=int, default=3)
@@ -374,6 +386,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT / "results.json"))
     args = ap.parse_args()
     args.threads = [int(t) for t in args.threads.split(",")]
+    args.batch = [int(b) for b in args.batch.split(",")]
     args.searches = args.searches.split(",")
     warnings.filterwarnings("ignore")  # transformers' and torch.ao's deprecation notices
     import ctranslate2
@@ -383,8 +396,8 @@ def main() -> None:
     spm_bytes = sentencepiece_model()
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
                 "ctranslate2": ctranslate2.__version__}
-    print(f"{versions}; batch {BATCH}; {len(texts)} sentences; forced length {args.length}; median of {args.reps}; "
-          f"load average {os.getloadavg()}")
+    print(f"{versions}; batches of {args.batch}; {len(texts)} sentences; forced length {args.length}; "
+          f"median of {args.reps}; load average {os.getloadavg()}")
     print(HEADER, flush=True)
     rows = []
     for mode in args.modes.split(","):
@@ -397,9 +410,9 @@ def main() -> None:
     for row in rows:
         print(format_row(row))
     print("\nshare of sentences whose output equals HF generate()'s (token ids)")
-    print("| size | mode | threads | search | " + " | ".join(ENGINES) + " |\n|" + "---|" * (4 + len(ENGINES)))
+    print("| size | mode | threads | batch | search | " + " | ".join(ENGINES) + " |\n|" + "---|" * (5 + len(ENGINES)))
     for r in rows:
-        print(f"| {r['size']} | {r['mode']} | {r['threads']} | {r['search']} | "
+        print(f"| {r['size']} | {r['mode']} | {r['threads']} | {r['batch']} | {r['search']} | "
               + " | ".join(f"{r['engines'][k]['same_as_hf']:.0%}" for k in ENGINES) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"versions": versions, "args": vars(args), "load_average": os.getloadavg(),

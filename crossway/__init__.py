@@ -20,7 +20,7 @@ from crossway.rerank import Rescorer, load_rescorer, rerank
 from crossway.segment import TileConfig, evaluate_folder, segment_files, segment_image
 from crossway.speech import Transcript, evaluate_speech, transcribe
 from crossway.tasks.image_text import evaluate_images
-from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_models
+from crossway.training.checkpoint import ENGINES, LoadedModel, load_checkpoint, load_models
 from crossway.training.loop import train
 
 __version__ = "0.1.0"
@@ -30,7 +30,8 @@ __all__ = [
     "GraphoneModel", "LoadedModel", "Rescorer", "load_graphone", "load_rescorer", "train_graphone",
     "train_graphone_file",
     "QUANTIZE", "RunConfig", "TranslateStats", "Translation", "evaluate_file", "evaluate_pairs", "greedy_search",
-    "load_checkpoint", "load_models", "decode_lines", "decode_overrides", "export_hf", "import_hf", "load_config",
+    "ENGINES", "load_checkpoint", "load_models",
+    "decode_lines", "decode_overrides", "export_hf", "import_hf", "load_config",
     "prepare_g2p", "quantize", "read_lines", "rerank", "score_files", "set_threads", "train",
     "translate", "TileConfig", "evaluate_folder", "generate_shapes", "segment_files", "segment_image",
     "Model", "load", "CaptionExample", "generate_scenes", "generate_textlines", "generate_speech", "read_captions",

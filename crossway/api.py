@@ -33,12 +33,15 @@ Image = str | Path | bytes | Tensor  # an image file, its bytes, or a (C, H, W) 
 Audio = str | Path | bytes | Tensor  # an audio file, its bytes, a (N,) waveform at 16 kHz or (T, F) features
 
 
-def load(run: str | Path | Sequence[str | Path], checkpoint: str = "best", threads: int = 0) -> Model:
-    """A run (or checkpoint directory), or several runs of one task as an ensemble, ready to use."""
+def load(run: str | Path | Sequence[str | Path], checkpoint: str = "best", threads: int = 0, engine: str = "torch",
+         quantize: str = "none") -> Model:
+    """A run (or checkpoint directory), or several runs of one task as an ensemble, ready to use.
+    engine="ctranslate2" decodes a text Transformer with CTranslate2 (a directory written by `crossway convert
+    --to-ct2` needs no engine argument); quantize="int8" for int8 weights in either engine."""
     if threads > 0:
         torch.set_num_threads(threads)
     paths = [run] if isinstance(run, (str, Path)) else list(run)
-    return Model(load_models(paths, checkpoint))
+    return Model(load_models(paths, checkpoint, engine, quantize))
 
 
 class Model:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import crossway as cw
 from crossway.ct2 import QUANTIZE as CT2_TYPES
+from crossway.training.checkpoint import load_config as run_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1, help="model processes decoding side by side (0: decode in the "
                                                            "server's own process)")
     sv.add_argument("--quantize", default="none", choices=list(cw.QUANTIZE), help="int8: dynamic int8 linear layers")
+    sv.add_argument("--engine", default="torch", choices=list(cw.ENGINES),
+                    help="ctranslate2: decode a text Transformer with CTranslate2 (a converted directory: no flag)")
     sv.add_argument("--max-queue", type=int, default=64, help="requests queued or decoding; 429 beyond")
     sv.add_argument("--max-inputs", type=int, default=64, help="inputs per request")
     sv.add_argument("--max-input-tokens", type=int, default=0, help="tokens per input (default: data.max_src_len)")
@@ -264,7 +267,11 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--max-tokens", type=int, help="token budget of a decoding batch")
     p.add_argument("--quantize", default="none", choices=list(cw.QUANTIZE),
-                   help="int8: dynamic int8 quantization of the linear layers (CPU; faster, slightly different)")
+                   help="int8: dynamic int8 quantization of the linear layers (CPU; faster, slightly different); "
+                        "with --engine ctranslate2, its int8 compute type")
+    p.add_argument("--engine", default="torch", choices=list(cw.ENGINES),
+                   help="ctranslate2: decode a text Transformer with CTranslate2 (pip install ctranslate2), the run "
+                        "converted in memory; a directory written by `crossway convert --to-ct2` needs no flag")
     p.add_argument("overrides", nargs="*", help="decoding options, e.g. decode.strategy=beam decode.beam_size=5 "
                                                 "decode.n_best=3 decode.length_penalty=0.6 decode.top_p=0.9")
 
@@ -293,11 +300,11 @@ COMMANDS = {"text": "crossway translate", "segmentation": "crossway segment", "i
 def _load(args, task: str | None = "text") -> cw.LoadedModel:
     """The --model run(s); with `task`, a run of another task is an error that says which command takes it."""
     cw.set_threads(args.threads)
-    loaded = cw.load_models(args.model, args.checkpoint)
-    if task is not None and loaded.config.task != task:
-        raise cw.ConfigError(f"{loaded.path} is a {loaded.config.task} run; this command takes {task} runs "
-                             f"({loaded.config.task} runs: {COMMANDS[loaded.config.task]}, crossway evaluate)")
-    return dataclasses.replace(loaded, model=cw.quantize(loaded.model, args.quantize))
+    config = run_config(args.model[0], args.checkpoint)
+    if task is not None and config.task != task:
+        raise cw.ConfigError(f"{args.model[0]} is a {config.task} run; this command takes {task} runs "
+                             f"({config.task} runs: {COMMANDS[config.task]}, crossway evaluate)")
+    return cw.load_models(args.model, args.checkpoint, args.engine, args.quantize)
 
 
 def _rescorers(args) -> tuple[list[cw.Rescorer], list[float] | None]:
@@ -579,6 +586,7 @@ def _serve(args) -> None:
                           max_body_bytes=args.max_body_bytes, max_batch_inputs=args.max_batch_inputs,
                           batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout,
                           drain_timeout_s=args.drain_timeout, checkpoint=args.checkpoint, quantize=args.quantize,
+                          engine=args.engine,
                           decode=tuple(args.overrides), rescore=tuple(args.rescore),
                           rescore_weights=None if weights is None else tuple(weights),
                           max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels,

@@ -72,7 +72,7 @@ def translate(model: nn.Module, src: SourceCodec, tgt: TextCodec, texts: Sequenc
         else:  # an empty output, as for an empty input: output line i stays input line i's
             stats.empty += i not in skip
             out[i] = Translation("", [], [], 0.0, True)
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # (an engine such as CTranslate2 has none)
     model.eval()
     for batch in budget_batches([costs[i] for i in todo], cfg.max_tokens):
         rows = [todo[b] for b in batch]

@@ -48,7 +48,7 @@ from crossway.graphone import is_graphone
 from crossway.inference import Translation, set_threads, translate
 from crossway.quantize import QUANTIZE, quantize
 from crossway.rerank import Rescorer, check_rerank, load_rescorer
-from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_config
+from crossway.training.checkpoint import ENGINES, LoadedModel, load_checkpoint, load_config, load_models
 
 if TYPE_CHECKING:
     from crossway.server_caption import CaptionEngine
@@ -82,7 +82,8 @@ class ServeConfig:
     workers: int = 1  # model processes (crossway.model_process), each with its batcher thread; 0 = no process:
     #                   the model runs on one thread of the server's own process
     checkpoint: str = "best"
-    quantize: str = "none"  # none | int8 (crossway.quantize)
+    quantize: str = "none"  # none | int8 (crossway.quantize; with engine ctranslate2, its int8 compute type)
+    engine: str = "torch"  # torch | ctranslate2 (text Transformers: crossway.ct2); a converted directory: ctranslate2
     decode: tuple[str, ...] = ()  # "decode.key=value": the server's default decoding options (requests override)
     rescore: tuple[str, ...] = ()  # runs (or graphone models) that rerank every n-best list (crossway.rerank)
     rescore_weights: tuple[float, ...] | None = None  # the searching model's, then one per rescorer (default: 1s)
@@ -108,6 +109,8 @@ class ServeConfig:
             raise ValueError(f"serve.overlap must be between 0 and tile / 2 = {self.tile // 2}, not {self.overlap}")
         if self.quantize not in QUANTIZE:
             raise ValueError(f"serve.quantize must be one of {list(QUANTIZE)}, not {self.quantize!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"serve.engine must be one of {list(ENGINES)}, not {self.engine!r}")
         if self.timeout_s <= 0 or self.max_audio_seconds <= 0 or self.batch_wait_ms < 0 or self.max_input_tokens < 0:
             raise ValueError("serve.timeout_s and max_audio_seconds must be > 0, batch_wait_ms and max_input_tokens "
                              ">= 0")
@@ -128,6 +131,7 @@ class Engine:
         check_task(loaded, self.task)
         check_rerank(loaded.config.decode, rescorers)
         self.loaded, self.name = loaded, name
+        self.check_decode(loaded.config.decode)  # an engine without the run's default options fails at start
         self.rescorers, self.weights = list(rescorers), None if weights is None else list(weights)
         cfg = loaded.config
         self.max_src_len = cfg.data.max_src_len
@@ -157,6 +161,12 @@ class Engine:
         """The batcher's model call: texts that share a key share their decoding options, key[1]."""
         return self.translate(texts, key[1])
 
+    def check_decode(self, dcfg: DecodeConfig) -> None:
+        """The engine's own check of decoding options (CTranslate2 lacks some): a ConfigError naming them."""
+        check = getattr(self.loaded.model, "check_options", None)
+        if check is not None:
+            check(dcfg)
+
     def count_tokens(self, text: str) -> int:
         return len(self.loaded.src.encode(text))
 
@@ -171,7 +181,7 @@ class Engine:
         cfg = self.loaded.config
         out = {"name": self.name, "task": self.task, "arch": cfg.model.arch, "src_tokenizer": cfg.data.src_tokenizer,
                "tgt_tokenizer": cfg.data.tgt_tokenizer, "decode": dataclasses.asdict(cfg.decode),
-               "attention": _attention_kind(cfg.model)}
+               "attention": _attention_kind(cfg.model), "engine": getattr(self.loaded.model, "engine", "torch")}
         if self.rescorers:
             out["rescore"] = {"models": [str(r.path) for r in self.rescorers],
                               "weights": self.weights or [1.0] * (1 + len(self.rescorers))}
@@ -179,7 +189,12 @@ class Engine:
 
     def warm_up(self) -> None:
         sample = self.loaded.src.tokenizer.detokenize(self.loaded.src.vocab.itos[4:9])
-        self.translate([sample], dataclasses.replace(self.loaded.config.decode, return_attention=True))
+        dcfg = dataclasses.replace(self.loaded.config.decode, return_attention=True)
+        try:
+            self.check_decode(dcfg)
+        except ConfigError:  # an engine that returns no attention
+            dcfg = self.loaded.config.decode
+        self.translate([sample], dcfg)
 
 
 ENDPOINTS = {"text": "POST /v1/translate", "segmentation": "POST /v1/segment",  # a run's task -> its endpoint
@@ -205,9 +220,7 @@ def load_engine(run: str | Path, cfg: ServeConfig = ServeConfig(), weights: bool
 
 def load_run(run: str | Path, cfg: ServeConfig, weights: bool = True) -> LoadedModel:
     """The run's model as a server uses it: `cfg`'s checkpoint, quantization and default decoding options."""
-    loaded = load_checkpoint(run, cfg.checkpoint, weights)
-    if weights:
-        loaded = dataclasses.replace(loaded, model=quantize(loaded.model, cfg.quantize))
+    loaded = load_models([run], cfg.checkpoint, cfg.engine, cfg.quantize, weights)
     if cfg.decode:
         config = dataclasses.replace(loaded.config, decode=decode_overrides(loaded.config.decode, list(cfg.decode)))
         loaded = dataclasses.replace(loaded, config=config)
@@ -612,6 +625,10 @@ def _check(req, engine: Engine, cfg: ServeConfig) -> tuple[DecodeConfig, float]:
     except ConfigError as e:
         raise RequestError(422, "invalid_options", f"this server reranks with {len(engine.rescorers)} rescoring "
                            f"model(s): {e}", field="options") from None
+    try:
+        engine.check_decode(dcfg)
+    except ConfigError as e:
+        raise RequestError(422, "invalid_options", str(e), field="options") from None
     if dcfg.beam_size > cfg.max_beam_size:  # whatever the strategy: the schema's maximum
         raise RequestError(422, "beam_too_large", f"options.beam_size={dcfg.beam_size} is over the limit of "
                            f"{cfg.max_beam_size}", field="options.beam_size", limit=cfg.max_beam_size)

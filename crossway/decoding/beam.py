@@ -28,6 +28,7 @@ from crossway.decoding.common import (
     length_penalty,
     max_lengths,
     memory_lengths,
+    rank_hypotheses,
     top_log_probs,
     trim_attention,
 )
@@ -98,7 +99,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
             history = history[keep_rows] if history is not None else None
     for f, n in zip(finished, lengths.tolist(), strict=True):
         trim_attention(f, n)  # the sentence's real memory positions
-    return [_rank(f, cfg.n_best, cfg.beam_rules) for f in finished]
+    return [rank_hypotheses(f, cfg.n_best, cfg.beam_rules) for f in finished]
 
 
 def _attention(history: Tensor | None, step: Tensor | None, row: int) -> Tensor | None:
@@ -140,10 +141,3 @@ def _add_unfinished(fin: list[Hypothesis], scores: Tensor, tokens: Tensor, histo
         attn = history[row] if history is not None else None
         fin.append(Hypothesis(tokens[row].tolist(), score, False, attn,
                               score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)))
-
-
-def _rank(hyps: list[Hypothesis], n: int, rules: str) -> list[Hypothesis]:
-    """Finished hypotheses first, each group best first by normalized score (hf rules: by score alone)."""
-    if rules == "hf":
-        return sorted(hyps, key=lambda h: -h.normalized)[:n]
-    return sorted(hyps, key=lambda h: (not h.finished, -h.normalized))[:n]

@@ -91,6 +91,14 @@ def length_penalty(length: int | Tensor, alpha: float, rules: str = "crossway"):
     return length ** alpha if rules == "hf" else ((5 + length) / 6) ** alpha
 
 
+def rank_hypotheses(hyps: list[Hypothesis], n: int, rules: str = "crossway") -> list[Hypothesis]:
+    """The n best by normalized score; under the crossway rules those that reached eos first (the hf rules: by
+    normalized score alone)."""
+    if rules == "hf":
+        return sorted(hyps, key=lambda h: -h.normalized)[:n]
+    return sorted(hyps, key=lambda h: (not h.finished, -h.normalized))[:n]
+
+
 def no_repeat_ngram(n: int) -> Processor:
     """Forbid any token that would complete an n-gram already present in the row's output."""
 

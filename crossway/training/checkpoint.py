@@ -29,7 +29,7 @@ from torch import nn
 from crossway.config import RunConfig
 from crossway.data.codecs import codec_from_dict
 from crossway.data.tokenizers import TextCodec
-from crossway.errors import CheckpointError
+from crossway.errors import CheckpointError, ConfigError
 from crossway.models import MODELS
 from crossway.training.task import Codec
 
@@ -109,7 +109,15 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 
 def load_config(path: str | Path, which: str = "best") -> RunConfig:
-    """The configuration a checkpoint was trained with, without loading its weights."""
+    """The configuration a checkpoint was trained with, without loading its weights (also of a directory
+    written by `crossway convert --to-ct2`)."""
+    from crossway.ct2 import CROSSWAY_FILES, is_ct2_dir
+
+    if is_ct2_dir(path):
+        try:
+            return read_config(Path(path) / CROSSWAY_FILES[0])
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path}: cannot read {CROSSWAY_FILES[0]} ({type(e).__name__}: {e})") from None
     ckpt = resolve_checkpoint(path, which)
     try:
         return _read_config(ckpt)
@@ -118,7 +126,18 @@ def load_config(path: str | Path, which: str = "best") -> RunConfig:
 
 
 def _read_config(ckpt: Path) -> RunConfig:
-    return RunConfig.from_dict(json.loads((ckpt / "config.json").read_text(encoding="utf-8")))
+    return read_config(ckpt / "config.json")
+
+
+def read_config(path: Path) -> RunConfig:
+    """A checkpoint's config.json."""
+    return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def codecs_from_file(path: Path) -> tuple:
+    """The (source, target) codecs of a checkpoint's vocab.json."""
+    vocab = json.loads(path.read_text(encoding="utf-8"))
+    return codec_from_dict(vocab["src"]), codec_from_dict(vocab["tgt"])
 
 
 def load_checkpoint(path: str | Path, which: str = "best", weights: bool = True) -> LoadedModel:
@@ -127,8 +146,7 @@ def load_checkpoint(path: str | Path, which: str = "best", weights: bool = True)
     ckpt = resolve_checkpoint(path, which)
     try:
         config = _read_config(ckpt)
-        vocab = json.loads((ckpt / "vocab.json").read_text(encoding="utf-8"))
-        src, tgt = codec_from_dict(vocab["src"]), codec_from_dict(vocab["tgt"])
+        src, tgt = codecs_from_file(ckpt / "vocab.json")
         if not weights:
             with torch.device("meta"):
                 return LoadedModel(build_model(config, src.size, tgt.size).eval(), config, src, tgt, ckpt)
@@ -147,11 +165,28 @@ def load_checkpoint(path: str | Path, which: str = "best", weights: bool = True)
     return LoadedModel(model, config, src, tgt, ckpt)
 
 
-def load_models(paths: list[str | Path], which: str = "best") -> LoadedModel:
-    """One checkpoint, or several decoding as an ensemble (see `ensemble_of`)."""
+ENGINES = ("torch", "ctranslate2")  # what decodes a text Transformer: crossway's PyTorch search, or CTranslate2
+
+
+def load_models(paths: list[str | Path], which: str = "best", engine: str = "torch", quantize: str = "none",
+                weights: bool = True) -> LoadedModel:
+    """One checkpoint, or several decoding as an ensemble (see `ensemble_of`), `quantize`d ("none", "int8").
+    engine="ctranslate2" (or a directory written by `crossway convert --to-ct2`) decodes with CTranslate2
+    (crossway.ct2): one model, converted in memory when it is a run."""
     if not paths:
         raise CheckpointError("no model given")
-    return ensemble_of([load_checkpoint(p, which) for p in paths])
+    if engine not in ENGINES:
+        raise ConfigError(f"engine={engine!r}: one of {', '.join(ENGINES)}")
+    from crossway.ct2 import is_ct2_dir, load_ct2
+
+    if engine == "ctranslate2" or any(is_ct2_dir(p) for p in paths):
+        if len(paths) > 1:
+            raise ConfigError("the CTranslate2 engine decodes one model: no ensembles")
+        return load_ct2(paths[0], which, weights, quantize)
+    from crossway.quantize import quantize as quantized
+
+    loaded = ensemble_of([load_checkpoint(p, which, weights) for p in paths])
+    return dataclasses.replace(loaded, model=quantized(loaded.model, quantize)) if weights else loaded
 
 
 def ensemble_of(loaded: list[LoadedModel]) -> LoadedModel:
