@@ -15,6 +15,7 @@ from crossway.evaluate import Evaluation, evaluate_file, evaluate_pairs, score_f
 from crossway.graphone import GraphoneConfig, GraphoneModel, load_graphone, train_graphone, train_graphone_file
 from crossway.hf import export_hf, import_hf
 from crossway.inference import TranslateStats, Translation, caption, set_threads, translate
+from crossway.pretrained import g2p
 from crossway.quantize import QUANTIZE, quantize
 from crossway.rerank import Rescorer, load_rescorer, rerank
 from crossway.segment import TileConfig, evaluate_folder, segment_files, segment_image
@@ -31,7 +32,7 @@ __all__ = [
     "train_graphone_file",
     "QUANTIZE", "RunConfig", "TranslateStats", "Translation", "evaluate_file", "evaluate_pairs", "greedy_search",
     "ENGINES", "load_checkpoint", "load_models",
-    "decode_lines", "decode_overrides", "export_hf", "import_hf", "load_config",
+    "decode_lines", "g2p", "decode_overrides", "export_hf", "import_hf", "load_config",
     "prepare_g2p", "quantize", "read_lines", "rerank", "score_files", "set_threads", "train",
     "translate", "TileConfig", "evaluate_folder", "generate_shapes", "segment_files", "segment_image",
     "Model", "load", "CaptionExample", "generate_scenes", "generate_textlines", "generate_speech", "read_captions",
