@@ -1,6 +1,7 @@
-"""The G2P model that ships with crossway (`crossway g2p`, `crossway.g2p`) against g2p_en, the most used G2P
-package that ships a model, on the same words: the test split of `crossway data g2p` (CMUdict without stress,
-split by word hash; crossway's model never saw these words, g2p_en was trained on CMUdict and probably did).
+"""The ready-made G2P model (`crossway g2p`, `crossway.g2p`; built by scripts/build_g2p.py) against g2p_en, the
+most used G2P package that ships a model, on the same words: the test split of `crossway data g2p` (CMUdict
+without stress, split by word hash; crossway's model never saw these words, g2p_en was trained on
+CMUdict and probably did).
 
     python bench/g2p_pretrained.py                 # needs `pip install g2p_en` for the peer row
     python bench/g2p_pretrained.py --no-peer
@@ -11,7 +12,7 @@ second on one thread over all test words, each system used as its users call it:
 the whole list (it batches), g2p_en's `G2p.predict(word)` one word at a time (its API; it has no batched call).
 g2p_en's network is run without its CMUdict lookup and part-of-speech tagger, which need NLTK data that cannot
 be downloaded here, and which would look the test words up rather than predict them. Size: the files of each
-model (crossway/assets/g2p; g2p_en's checkpoint20.npz).
+model (crossway's G2P_DIR; g2p_en's checkpoint20.npz).
 """
 
 from __future__ import annotations

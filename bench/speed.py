@@ -317,15 +317,18 @@ def bench_one(size: str, mode: str, texts: list[str], spm_bytes: bytes, args) ->
     hf_model = transformers.MarianMTModel.from_pretrained(hf_dir).eval()
     fp32 = loaded.model.eval()
     int8 = quantize(fp32)
-    rows = []
+    rows, translators = [], {}  # threads -> (CTranslate2's own translators, crossway's CTranslate2 engines)
     for threads, batch, (search, beams) in itertools.product(args.threads, args.batch, SEARCHES.items()):
         if search not in args.searches:
             continue
         batches = Batches(loaded, vocab, texts, batch)
         torch.set_num_threads(threads)  # (crossway's CTranslate2 engine takes torch's thread count when loaded)
-        ct2 = {q: ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type=q, intra_threads=threads,
-                                         inter_threads=1) for q in ("float32", "int8")}
-        ours = {q: cw.load_models([loaded.path], engine="ctranslate2", quantize=q).model for q in ("none", "int8")}
+        if threads not in translators:
+            translators[threads] = (
+                {q: ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type=q, intra_threads=threads,
+                                           inter_threads=1) for q in ("float32", "int8")},
+                {q: cw.load_models([loaded.path], engine="ctranslate2", quantize=q).model for q in ("none", "int8")})
+        ct2, ours = translators[threads]
         cfg, gen, opts = search_options(beams, mode, args.length)
         engines = {"crossway fp32": crossway_engine(fp32, batches, cfg),
                    "crossway int8": crossway_engine(int8, batches, cfg),

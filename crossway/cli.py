@@ -102,15 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="delete an existing run in train.out_dir first")
     tr.set_defaults(func=_train)
 
-    g2 = sub.add_parser("g2p", help="English words -> ARPAbet phonemes with the model that ships with crossway (no "
-                                    "training, no download): `crossway g2p crossway toolkit`, or words on stdin")
+    g2 = sub.add_parser("g2p", help="English words -> ARPAbet phonemes with the ready-made model (built once by "
+                                    "python scripts/build_g2p.py): `crossway g2p crossway toolkit`, or words on stdin")
     g2.add_argument("words", nargs="*", help="words (default: whitespace-separated words read from stdin)")
     g2.add_argument("--n-best", type=int, default=1, help="pronunciations per word, best first (beam search)")
     g2.add_argument("--beam", type=int, default=0, help="beam width (default: greedy; 5 with --n-best)")
     g2.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     g2.add_argument("--quantize", default="int8", choices=list(cw.QUANTIZE),
                     help="int8 (default: faster) or none (float32, about 0.1 WER point better)")
-    g2.add_argument("--model", default=None, help="another G2P run or checkpoint instead of the shipped model")
+    g2.add_argument("--model", default=None, help="another G2P run or checkpoint instead of the ready-made model")
     g2.set_defaults(func=_g2p)
 
     gp = sub.add_parser("graphone", help="train a joint-sequence (graphone) n-gram model on a TSV file: a "

@@ -34,7 +34,7 @@ from crossway.decoding.common import DecodeConfig, Hypothesis, length_penalty, r
 from crossway.errors import CheckpointError, ConfigError
 from crossway.hf import check_out
 from crossway.models.transformer import TransformerConfig
-from crossway.training.checkpoint import LoadedModel, codecs_from_file, load_checkpoint, read_config, resolve_checkpoint
+from crossway.training.checkpoint import LoadedModel, codecs_from_file, load_checkpoint, load_config, resolve_checkpoint
 
 QUANTIZE = ("float32", "int8", "int8_float32", "float16", "int8_float16", "bfloat16")
 ACTIVATIONS = {"relu": "RELU", "gelu": "GELU", "silu": "SWISH", "gelu_tanh": "GELUTanh"}
@@ -88,8 +88,8 @@ def load_ct2(path: str | Path, which: str = "best", weights: bool = True, quanti
         raise ConfigError(f"quantize={quantize!r}: one of {', '.join(COMPUTE_TYPES)} with the CTranslate2 engine")
     path = Path(path)
     if is_ct2_dir(path):
+        config = load_config(path)  # (reads CROSSWAY_FILES[0] for such a directory)
         try:
-            config = read_config(path / CROSSWAY_FILES[0])
             src, tgt = codecs_from_file(path / CROSSWAY_FILES[1])
         except Exception as e:  # noqa: BLE001  corrupt JSON, bad config
             raise CheckpointError(f"{path}: cannot read its crossway files ({type(e).__name__}: {e})") from None

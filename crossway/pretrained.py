@@ -1,18 +1,16 @@
-"""Models that ship inside the package, ready to use: no training, no download. Today: English G2P.
+"""Ready-made models, built once by their recipe and then used without training. Today: English G2P.
 
-    import crossway
-    crossway.g2p("crossway")                   # -> "K R AO S W EY"
-    crossway.g2p(["read", "lead"], n_best=2)   # -> [["R IY D", "R EH D"], ["L IY D", "L EH D"]]
-
-    crossway g2p crossway toolkit             # the command line; words on stdin when none are given
+    python scripts/build_g2p.py                # once: data, training (about 100 minutes, one thread), packaging
+    crossway g2p crossway toolkit             # then: the command line; words on stdin when none are given
+    crossway.g2p(["read", "lead"], n_best=2)   # or the library
 
 The G2P model is `configs/g2p_pretrained.yaml` (a bidirectional LSTM encoder and an LSTM decoder with Bahdanau
 attention, 2.5M parameters) trained on the training split of CMUdict only (`crossway data g2p`: stress removed,
-words split by hash, so the test split's words were never seen), stored with float16 weights and decoded with
-int8 dynamic quantization (crossway.quantize) unless asked for float32. Its recipe is one command:
-`python scripts/build_g2p.py` (data, training, packaging, scores). Outputs are ARPAbet phonemes without stress
-digits, separated by spaces. Words are lower-cased; characters the model never saw (anything but a-z and the
-apostrophe) are read as unknown and counted in `stats` (a TranslateStats).
+words split by hash, so the test split's words were never seen), written by `package_g2p` with float16 weights
+to G2P_DIR ($CROSSWAY_G2P_DIR, default ~/.cache/crossway/g2p; models are built, never committed) and decoded
+with int8 dynamic quantization (crossway.quantize) unless asked for float32. Outputs are ARPAbet phonemes without
+stress digits, separated by spaces. Words are lower-cased; characters the model never saw (anything but a-z and
+the apostrophe) are read as unknown and counted in `stats` (a TranslateStats).
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -32,14 +31,17 @@ from crossway.errors import ConfigError
 from crossway.inference import TranslateStats, translate
 from crossway.training.checkpoint import LoadedModel, load_checkpoint, load_models, resolve_checkpoint
 
-G2P_DIR = Path(__file__).parent / "assets" / "g2p"  # config.json, vocab.json, model.safetensors (float16)
+G2P_DIR = Path(os.environ.get("CROSSWAY_G2P_DIR") or Path.home() / ".cache" / "crossway" / "g2p")
 SPACE = re.compile(r"\s")
 
 
 @functools.lru_cache(maxsize=4)
 def load_g2p(path: str | Path = G2P_DIR, quantize: str = "int8") -> LoadedModel:
-    """The shipped model (or another G2P checkpoint), loaded once per process, int8 by default (crossway.quantize:
+    """The ready-made model (or another G2P checkpoint), loaded once per process, int8 by default (crossway.quantize:
     its LSTMs and linear layers; quantize="none" decodes in float32)."""
+    if Path(path) == G2P_DIR and not (G2P_DIR / "model.safetensors").exists():
+        raise ConfigError(f"no G2P model in {G2P_DIR}: build it once with `python scripts/build_g2p.py` (about 100 "
+                          "minutes on one thread), or pass another run as model= / --model")
     return load_models([path], quantize=quantize)
 
 
@@ -72,7 +74,7 @@ def g2p(words: str | Sequence[str], n_best: int = 1, beam_size: int = 0, model: 
 
 
 def package_g2p(run: str | Path, out: str | Path = G2P_DIR, which: str = "best") -> Path:
-    """Write the run's checkpoint as the shipped model: its config and vocabularies, weights in float16."""
+    """Write the run's checkpoint as a ready-made model: its config and vocabularies, weights in float16."""
     ckpt = resolve_checkpoint(run, which)
     loaded = load_checkpoint(ckpt)
     if loaded.config.task != "text":
