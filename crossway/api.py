@@ -123,9 +123,10 @@ class Model:
 
     def _need(self, task: str, method: str) -> None:
         if self.task != task:
-            what = {"text": "translate", "image_to_text": "caption", "segmentation": "segment",
-                    "speech": "transcribe"}[self.task]
-            raise ConfigError(f"{self.loaded.path} is a {self.task} run: it has no {method}(); use {what}()")
+            what = {"text": "use translate()", "image_to_text": "use caption()", "segmentation": "use segment()",
+                    "speech": "use transcribe()"}.get(self.task, "fine-tune it: crossway train CONFIG "
+                                                                 "train.init_from=RUN")
+            raise ConfigError(f"{self.loaded.path} is a {self.task} run: it has no {method}(); {what}")
 
     @staticmethod
     def _out(outs: list[Translation], single: bool, details: bool):

@@ -166,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--score", metavar="HYP", help="score this hypothesis file against --ref files instead")
     ev.add_argument("--ref", action="append", default=[], help="reference file, line-aligned with --score "
                                                                 "(repeat for several references)")
-    ev.add_argument("--report", help="JSON report path (default: RUN/eval-<data name>.json)")
+    ev.add_argument("--report", help="JSON report path (default: RUN/eval-<data name>.json; with --score, none "
+                                     "unless given)")
     ev.add_argument("--hyps", help="also write one hypothesis per distinct input to this file")
     _rescore_args(ev)
     _tile_args(ev)
@@ -304,8 +305,9 @@ def _rescore_args(p: argparse.ArgumentParser) -> None:
                    help="weights of the searching model's and each rescorer's log-probabilities (default: all 1)")
 
 
-COMMANDS = {"text": "crossway translate", "segmentation": "crossway segment", "image_to_text": "crossway caption",
-            "speech": "crossway transcribe"}
+COMMANDS = {"text": "crossway translate, crossway evaluate", "segmentation": "crossway segment, crossway evaluate",
+            "image_to_text": "crossway caption, crossway evaluate", "speech": "crossway transcribe, crossway evaluate",
+            "pretrain": "a starting point for crossway train CONFIG train.init_from=RUN"}
 
 
 def _load(args, task: str | None = "text") -> cw.LoadedModel:
@@ -314,7 +316,7 @@ def _load(args, task: str | None = "text") -> cw.LoadedModel:
     config = run_config(args.model[0], args.checkpoint)
     if task is not None and config.task != task:
         raise cw.ConfigError(f"{args.model[0]} is a {config.task} run; this command takes {task} runs "
-                             f"({config.task} runs: {COMMANDS[config.task]}, crossway evaluate)")
+                             f"({config.task} runs: {COMMANDS[config.task]})")
     return cw.load_models(args.model, args.checkpoint, args.engine, args.quantize)
 
 
@@ -492,12 +494,22 @@ def _transcribe(args) -> None:
 def _evaluate(args) -> None:
     if args.model and args.data and not args.score:
         loaded = _load(args, task=None)
+        if loaded.config.task not in EVALUATE:
+            raise cw.ConfigError(f"{args.model[0]} is a {loaded.config.task} run, not evaluated here "
+                                 f"({COMMANDS[loaded.config.task]})")
         return EVALUATE[loaded.config.task](args, loaded)
     if args.score:
         if not args.ref or args.model or args.data:
             raise cw.ConfigError("--score HYP takes --ref REF (one or more) and no --model or --data")
         report = {"hypotheses": args.score, "references": args.ref, **cw.score_files(args.score, args.ref)}
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(f"{report['n']} lines of {args.score} against {len(args.ref)} reference file(s): BLEU "
+              f"{report['bleu']:.2f}, chrF {report['chrf']:.2f}, TER {report['ter']:.2f}\n  WER "
+              f"{100 * report['wer']:.2f}%, CER {100 * report['cer']:.2f}%, exact match "
+              f"{100 * report['exact_match']:.2f}% (whitespace tokens)\n  BLEU signature "
+              f"{report['signatures']['bleu']}")
+        if args.report:
+            Path(args.report).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            print(f"report written to {args.report}", file=sys.stderr)
         return
     raise cw.ConfigError("evaluate needs --model RUN and --data FILE (or --score HYP --ref REF)")
 

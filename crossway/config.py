@@ -15,6 +15,7 @@ import yaml
 
 from crossway.data.image_text import ImageTextDataConfig
 from crossway.data.images import SegmentationDataConfig
+from crossway.data.noising import PretrainDataConfig
 from crossway.data.speech import SpeechDataConfig
 from crossway.decoding import DecodeConfig
 from crossway.errors import ConfigError
@@ -46,6 +47,8 @@ class DataConfig:
     train_weights: str = ""  # streaming with several comma-separated data.train files: "3,1" (default: by size)
     vocab: str = ""  # reuse the tokenizers and vocabularies of this run, checkpoint or vocab.json (else built)
     src_lowercase: bool = False  # lower-case the source before tokenizing (training and decoding alike)
+    src_prefix: str = ""  # text put before every source, training and decoding alike (a T5-style task prefix,
+    # "translate English to Spanish: "); several tasks in one model: write each one's prefix into its sources
     tgt_reverse: bool = False  # a right-to-left model: the target is trained and decoded reversed (outputs read
     # left to right again); such a model can rerank another's n-best list (crossway.rerank)
     max_src_len: int = 64  # longer training examples are skipped and counted
@@ -98,6 +101,8 @@ class TrainConfig:
     ss_k: float = 2000.0  # linear: steps to reach the floor; exponential: base < 1; inverse_sigmoid: k >= 1
     ss_floor: float = 0.75  # P(reference) never goes below this
     seg_loss: str = "ce+dice"  # segmentation: ce (pixel cross-entropy) | dice (soft Dice) | ce+dice (their sum)
+    init_from: str = ""  # start from this run's weights and vocabularies (fine-tuning a pretrained run: same model
+    # section; its best/ checkpoint, or the checkpoint directory named)
 
     def __post_init__(self):
         if self.schedule not in ("rsqrt", "cosine", "linear", "constant"):
@@ -124,13 +129,14 @@ class TrainConfig:
 
 # task -> the config class of its `data` section (the task classes themselves: crossway.tasks.TASKS)
 DATA_CONFIGS = {"text": DataConfig, "segmentation": SegmentationDataConfig, "image_to_text": ImageTextDataConfig,
-                "speech": SpeechDataConfig}
+                "speech": SpeechDataConfig, "pretrain": PretrainDataConfig}
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     task: str = "text"  # text (text to text) | segmentation (image to mask) | image_to_text (captions, text
-    # lines) | speech (transcription, speech translation); picks the data section's fields
+    # lines) | speech (transcription, speech translation) | pretrain (T5 / BART denoising of monolingual text);
+    # picks the data section's fields
     data: Any = field(default_factory=DataConfig)
     model: Any = field(default_factory=lambda: MODELS["rnn"][0]())
     train: TrainConfig = field(default_factory=TrainConfig)

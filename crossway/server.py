@@ -215,7 +215,11 @@ def _tasks() -> dict[str, tuple[type[Engine | SegmentEngine | CaptionEngine | Sp
 
 def load_engine(run: str | Path, cfg: ServeConfig = ServeConfig(), weights: bool = True) -> AnyEngine:
     """The engine of the run's task, loaded with `cfg` (without weights: see crossway.model_process)."""
-    return _tasks()[load_config(run, cfg.checkpoint).task][0].load(run, cfg, weights)
+    task = load_config(run, cfg.checkpoint).task
+    if task not in ENDPOINTS:
+        raise ConfigError(f"{run} is a {task} run: nothing to serve (fine-tune it: crossway train CONFIG "
+                          "train.init_from=RUN)")
+    return _tasks()[task][0].load(run, cfg, weights)
 
 
 def load_run(run: str | Path, cfg: ServeConfig, weights: bool = True) -> LoadedModel:

@@ -51,6 +51,10 @@ def test_different_line_counts_are_refused(tmp_path, capsys):
         score_files(hyp, [ref])
     assert main(["evaluate", "--score", hyp, "--ref", ref]) == 2
     assert "line-aligned (4 != 3)" in capsys.readouterr().err
-    assert main(["evaluate", "--score", hyp, "--ref", write(tmp_path / "r2.txt", REFS)]) == 0
-    report = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--score", hyp, "--ref", write(tmp_path / "r2.txt", REFS), "--report",
+                 str(tmp_path / "score.json")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "score.json").read_text())
     assert report["bleu"] > 0 and "nrefs:1" in report["signatures"]["bleu"]
+    assert out.startswith(f"4 lines of {hyp} against 1 reference file(s): BLEU {report['bleu']:.2f}, chrF")
+    assert "nrefs:1" in out and len(out.splitlines()) == 3

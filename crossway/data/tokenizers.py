@@ -9,6 +9,7 @@ their model in that JSON too; their packages are imported only when such a token
 from __future__ import annotations
 
 import base64
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -115,14 +116,17 @@ def _require(module: str):
 class SentencePieceTokenizer:
     """SentencePiece (Kudo & Richardson 2018) from a serialized model, as Marian uses it. A leading language code
     such as ">>fra<<" stays one token (as in Hugging Face's MarianTokenizer). `prefix` tokens start every
-    encoded text and `add_eos` ends it with eos (Marian sources end with eos); `detokenize` drops both and the
-    special tokens. Empty text has no tokens (and so no prefix or eos; translate gives "" for it)."""
+    encoded text and `add_eos` ends it with eos (Marian and T5 sources end with eos); `detokenize` drops both and
+    the special tokens. `added` tokens (T5's sentinels "<extra_id_0>" ...) stay one token where the text spells
+    them and, as Hugging Face's special tokens, are left out of detokenized text. Empty text has no tokens (and
+    so no prefix or eos; translate gives "" for it)."""
 
     model: bytes
     prefix: tuple[str, ...] = ()
     add_eos: bool = False
     language_codes: bool = True  # a leading ">>xx<<" is one token (Marian); off for models crossway trains
     escape_meta: bool = False  # carry U+2581 (SentencePiece's space symbol) through unchanged (models crossway trains)
+    added: tuple[str, ...] = ()
     kind: str = field(default="sentencepiece", init=False)
     lowercase: bool = field(default=False, init=False)
 
@@ -148,17 +152,23 @@ class SentencePieceTokenizer:
             code, text = [text[: end + 2]], text[end + 2:]
         if self.escape_meta:
             text = self.escape(text)
-        pieces = [*code, *self._sp.encode(text, out_type=str)]
+        if self.added:  # the added tokens themselves, and the text between them in pieces
+            parts = re.split("(" + "|".join(map(re.escape, self.added)) + ")", text)
+            pieces = [*code, *(p for i, part in enumerate(parts) if part
+                               for p in ([part] if i % 2 else self._sp.encode(part, out_type=str)))]
+        else:
+            pieces = [*code, *self._sp.encode(text, out_type=str)]
         return [*self.prefix, *pieces] if pieces else []
 
     def detokenize(self, tokens: list[str]) -> str:
-        text = self._sp.decode_pieces([t for t in tokens if t not in SPECIALS and t not in self.prefix])
+        drop = {*SPECIALS, *self.prefix, *self.added}
+        text = self._sp.decode_pieces([t for t in tokens if t not in drop])
         return self.unescape(text) if self.escape_meta else text
 
     def to_dict(self) -> dict:
         return {"tokenizer": self.kind, "model": base64.b64encode(self.model).decode("ascii"),
                 "prefix": list(self.prefix), "add_eos": self.add_eos, "language_codes": self.language_codes,
-                "escape_meta": self.escape_meta}
+                "escape_meta": self.escape_meta, **({"added": list(self.added)} if self.added else {})}
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,9 +243,10 @@ class TextCodec:
     tokenizer: Tokenizer
     vocab: Vocab
     reverse: bool = False  # ids run right to left (a right-to-left model's target side, data.tgt_reverse)
+    prefix: str = ""  # text put before every non-empty input (a T5-style task prefix, data.src_prefix)
 
     def encode(self, text: str) -> list[int]:
-        ids = self.vocab.encode(self.tokenizer.tokenize(text))
+        ids = self.vocab.encode(self.tokenizer.tokenize(self.prefix + text if self.prefix and text else text))
         ids = ids[::-1] if self.reverse else ids
         return ids + [EOS_ID] if ids and getattr(self.tokenizer, "add_eos", False) else ids
 
@@ -279,12 +290,13 @@ class TextCodec:
         return attention
 
     def to_dict(self) -> dict:
-        return {**self.tokenizer.to_dict(), **self.vocab.to_dict(), **({"reverse": True} if self.reverse else {})}
+        return {**self.tokenizer.to_dict(), **self.vocab.to_dict(), **({"reverse": True} if self.reverse else {}),
+                **({"text_prefix": self.prefix} if self.prefix else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> TextCodec:
         vocab = Vocab.from_dict(d)
-        return cls(_tokenizer_from_dict(d, vocab), vocab, bool(d.get("reverse", False)))
+        return cls(_tokenizer_from_dict(d, vocab), vocab, bool(d.get("reverse", False)), d.get("text_prefix", ""))
 
 
 def _tokenizer_from_dict(d: dict, vocab: Vocab) -> Tokenizer:
@@ -292,7 +304,7 @@ def _tokenizer_from_dict(d: dict, vocab: Vocab) -> Tokenizer:
     if kind == "sentencepiece":
         return SentencePieceTokenizer(base64.b64decode(d["model"]), **framing,
                                       language_codes=d.get("language_codes", True),
-                                      escape_meta=d.get("escape_meta", False))
+                                      escape_meta=d.get("escape_meta", False), added=tuple(d.get("added", ())))
     if kind == "missing":
         return MissingTokenizer(d["reason"])
     if kind == "bytelevel_bpe":

@@ -119,6 +119,8 @@ def prepare_data(cfg: RunConfig, codecs: tuple[TextCodec, TextCodec] | None, log
     src, tgt = codecs
     if tgt.reverse != d.tgt_reverse:  # right-to-left (or a vocabulary reused from a run of the other direction)
         tgt = dataclasses.replace(tgt, reverse=d.tgt_reverse)
+    if d.src_prefix:  # the task prefix, kept in the source codec so decoding adds it too
+        src = dataclasses.replace(src, prefix=d.src_prefix)
     if d.streaming:
         weights = [float(w) for w in d.train_weights.split(",")] if d.train_weights else None
         train, reports = StreamingCorpus.scan(paths, weights, read, src, tgt, d.max_src_len, d.max_tgt_len)
@@ -173,9 +175,9 @@ def build_codecs(d, pairs: list[Pair] | Iterator[Pair]) -> tuple[TextCodec, Text
         return TextCodec(tok, Vocab.build((tok.tokenize(t) for t in texts), d.min_freq))
 
     if d.spm_joint and d.src_tokenizer == "sentencepiece":
-        joint = side("sentencepiece", (t for p in pairs for t in (p.src, p.tgt)), False)
+        joint = side("sentencepiece", (t for p in pairs for t in (d.src_prefix + p.src, p.tgt)), False)
         return joint, joint
     if not isinstance(pairs, list):  # streamed: one pass per side
         pairs = list(pairs)
-    return (side(d.src_tokenizer, (p.src for p in pairs), d.src_lowercase),
+    return (side(d.src_tokenizer, (d.src_prefix + p.src for p in pairs), d.src_lowercase),
             side(d.tgt_tokenizer, (p.tgt for p in pairs), False))

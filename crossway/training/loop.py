@@ -34,7 +34,13 @@ from crossway.inference import set_threads
 from crossway.metrics import METRICS
 from crossway.tasks import TASKS
 from crossway.training.average import CHECKPOINTS, keep_newest, step_checkpoint_name
-from crossway.training.checkpoint import build_model, load_checkpoint, load_trainer_state, save_checkpoint
+from crossway.training.checkpoint import (
+    LoadedModel,
+    build_model,
+    load_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+)
 from crossway.training.distributed import Dist, init_distributed, shutdown
 from crossway.training.optim import build_optimizer, lr_factor, set_lr
 from crossway.training.precision import Precision
@@ -201,7 +207,9 @@ def _start(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> tuple[_Run
     random.seed(tc.seed)
 
     prev = load_checkpoint(out, "last") if resume else None
-    task = TASKS[cfg.task](cfg, (prev.src, prev.tgt) if prev else None, log)
+    init = load_checkpoint(tc.init_from) if tc.init_from and not prev else None  # a resume has its own weights
+    start = prev or init
+    task = TASKS[cfg.task](cfg, (start.src, start.tgt) if start else None, log)
     metric = tc.metric or task.default_metric
     if metric not in task.metrics:
         raise ConfigError(f"train.metric={metric} is not a metric of the {cfg.task} task; valid: "
@@ -210,7 +218,10 @@ def _start(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> tuple[_Run
         raise ConfigError(f"{out}: the model config differs from the checkpoint's; resume with the same model")
     device = resolve_device(f"cuda:{d.local_rank}" if d.active and tc.device != "cpu" else tc.device)
     precision = Precision(tc.precision, device)
-    model = (prev.model if prev else build_model(cfg, task.src.size, task.tgt.size)).to(device)
+    model = prev.model if prev else build_model(cfg, task.src.size, task.tgt.size)
+    if init:
+        _init_weights(model, init, tc.init_from)
+    model = model.to(device)
     precision.prepare(model)
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay)
     run = _Run(cfg, task, model, optimizer, precision, out, log, d, task.fingerprint(), metric)
@@ -233,6 +244,20 @@ def _start(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> tuple[_Run
     log("start", task=cfg.task, params=n_params, resumed_at_step=state.step if prev else None,
         precision={"requested": c.requested, "chosen": c.kind, "reason": c.reason, "native": c.native})
     return run, state
+
+
+def _init_weights(model: nn.Module, init: LoadedModel, name: str) -> None:
+    """Copy a finished run's weights into a new model of the same shape (train.init_from)."""
+    have, given = model.state_dict(), init.model.state_dict()
+    diff = sorted(set(have) ^ set(given)) + [k for k in have if k in given and have[k].shape != given[k].shape]
+    if diff:
+        k = diff[0]
+        what = (f"{k}: {tuple(given[k].shape)} there, {tuple(have[k].shape)} here" if k in have and k in given
+                else f"{k} only {'here' if k in have else 'there'}")
+        raise ConfigError(f"train.init_from={name}: its model differs from this run's ({len(diff)} tensors, e.g. "
+                          f"{what}); copy its model section")
+    model.load_state_dict(given)
+    print(f"weights: from {init.path} ({init.config.task} run)", flush=True)
 
 
 def _train(cfg: RunConfig, resume: bool, overwrite: bool, d: Dist) -> TrainState:
