@@ -1,6 +1,7 @@
 """Sequence models. Each module defines its config dataclass and a `build_*` function; `MODELS` maps the
 `model.arch` name of a configuration to both."""
 
+from crossway.models.decoder_only import DecoderOnlyConfig, build_decoder_only
 from crossway.models.interface import Memory, Seq2Seq, State, select_batch
 from crossway.models.las import LASConfig, build_las
 from crossway.models.rnn import RNNConfig, build_rnn
@@ -14,8 +15,9 @@ from crossway.models.unet import UNetConfig, build_unet
 # input channels and classes for U-Net
 MODELS = {"rnn": (RNNConfig, build_rnn), "transformer": (TransformerConfig, build_transformer),
           "sat": (SATConfig, build_sat), "unet": (UNetConfig, build_unet),
-          "whisper": (WhisperConfig, build_whisper), "las": (LASConfig, build_las)}
+          "whisper": (WhisperConfig, build_whisper), "las": (LASConfig, build_las),
+          "decoder_only": (DecoderOnlyConfig, build_decoder_only)}
 
-__all__ = ["LASConfig", "MODELS", "Memory", "RNNConfig", "SATConfig", "Seq2Seq", "State", "TransformerConfig",
-           "UNetConfig", "WhisperConfig", "build_las", "build_rnn", "build_sat", "build_transformer", "build_unet",
-           "build_whisper", "select_batch"]
+__all__ = ["DecoderOnlyConfig", "LASConfig", "MODELS", "Memory", "RNNConfig", "SATConfig", "Seq2Seq",
+           "State", "TransformerConfig", "UNetConfig", "WhisperConfig", "build_decoder_only",
+           "build_las", "build_rnn", "build_sat", "build_transformer", "build_unet", "build_whisper", "select_batch"]
