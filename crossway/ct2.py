@@ -16,8 +16,11 @@ decode.force_eos, decode.early_stopping=false, decode.return_attention, custom l
 The spec is filled layer by layer (`ctranslate2.specs.TransformerSpec`), so every crossway Transformer converts,
 whatever its position scheme: the position table is written out as crossway computes it (interleaved or split
 sinusoids, or learned rows from `position_offset`), the vocabularies are crossway's token strings, and the
-decoder starts from crossway's start token. Sources are given to CTranslate2 as crossway's codec encodes them
-(end token included). Needs `pip install ctranslate2` (the `ct2` extra).
+decoder starts from crossway's start token. T5's options map as CTranslate2's own T5 converter maps them:
+relative positions (each stack's table given to every layer), RMS norms, gated feed-forward, no biases,
+unscaled attention (queries_scale 1) and the scaled decoder output (scale_outputs); a head size other than
+d_model / heads has no CTranslate2 equivalent and is refused. Sources are given to CTranslate2 as crossway's
+codec encodes them (end token included). Needs `pip install ctranslate2` (the `ct2` extra).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +37,7 @@ from crossway.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from crossway.decoding.common import DecodeConfig, Hypothesis, length_penalty, rank_hypotheses
 from crossway.errors import CheckpointError, ConfigError
 from crossway.hf import check_out
+from crossway.models.layers import RMS_EPS
 from crossway.models.transformer import TransformerConfig
 from crossway.training.checkpoint import LoadedModel, codecs_from_file, load_checkpoint, load_config, resolve_checkpoint
 
@@ -201,7 +206,8 @@ class Ct2Model(nn.Module):
         """Decoding options CTranslate2 has no equivalent for are errors, never ignored."""
         unsupported = {"decode.force_eos=true": cfg.force_eos,
                        "decode.early_stopping=false": cfg.strategy == "beam" and not cfg.early_stopping,
-                       "decode.return_attention=true": cfg.return_attention}
+                       "decode.return_attention=true": cfg.return_attention,
+                       "decode.coverage_penalty > 0": cfg.strategy == "beam" and cfg.coverage_penalty > 0}
         named = [k for k, v in unsupported.items() if v]
         if named:
             raise ConfigError(f"{', '.join(named)}: not available with the CTranslate2 engine (use the PyTorch "
@@ -215,11 +221,12 @@ def transformer_spec(loaded: LoadedModel):
 
     check_convertible(loaded)
     cfg = loaded.config.model
-    pre = cfg.norm == "pre"
+    pre, relative = cfg.norm == "pre", cfg.positions == "relative"
     spec = TransformerSpec.from_config((cfg.enc_layers, cfg.dec_layers), cfg.heads, pre_norm=pre,
                                        no_final_norm=not pre,
                                        activation=getattr(common_spec.Activation, ACTIVATIONS[cfg.activation]),
-                                       layernorm_embedding=cfg.embed_norm)
+                                       layernorm_embedding=cfg.embed_norm, relative_attention_bias=relative,
+                                       ffn_glu=cfg.gated_ff, rms_norm=cfg.norm_kind == "rmsnorm")
     m = loaded.model
     w = {k: v.detach().float().cpu() for k, v in m.state_dict().items()}
     positions = torch.arange(cfg.max_positions)
@@ -228,8 +235,9 @@ def transformer_spec(loaded: LoadedModel):
         emb = stack_spec.embeddings[0] if isinstance(stack_spec.embeddings, list) else stack_spec.embeddings
         emb.weight = w[f"{side}_embed.weight"]
         stack_spec.scale_embeddings = bool(cfg.scale_embeddings)
-        with torch.no_grad():
-            stack_spec.position_encodings.encodings = getattr(m, f"{side}_pos")(positions).float().contiguous()
+        if not relative:
+            with torch.no_grad():
+                stack_spec.position_encodings.encodings = getattr(m, f"{side}_pos")(positions).float().contiguous()
         if cfg.embed_norm:
             _norm(stack_spec.layernorm_embedding, w, f"{side}_embed_norm")
     if pre:
@@ -237,27 +245,28 @@ def transformer_spec(loaded: LoadedModel):
         _norm(spec.decoder.layer_norm, w, "dec_norm")
     for i, layer in enumerate(spec.encoder.layer):
         p = f"encoder.{i}"
-        _attention(layer.self_attention, w, f"{p}.self_attn", self_attention=True)
+        _attention(layer.self_attention, w, f"{p}.self_attn", cfg, relative="src_rel" if relative else None)
         _norm(layer.self_attention.layer_norm, w, f"{p}.sub_attn.norm")
         _ffn(layer.ffn, w, p)
         _norm(layer.ffn.layer_norm, w, f"{p}.sub_ff.norm")
     for i, layer in enumerate(spec.decoder.layer):
         p = f"decoder.{i}"
-        _attention(layer.self_attention, w, f"{p}.self_attn", self_attention=True)
+        _attention(layer.self_attention, w, f"{p}.self_attn", cfg, relative="tgt_rel" if relative else None)
         _norm(layer.self_attention.layer_norm, w, f"{p}.sub_self.norm")
-        _attention(layer.attention, w, f"{p}.cross_attn", self_attention=False)
+        _attention(layer.attention, w, f"{p}.cross_attn", cfg, self_attention=False)
         _norm(layer.attention.layer_norm, w, f"{p}.sub_cross.norm")
         _ffn(layer.ffn, w, p)
         _norm(layer.ffn.layer_norm, w, f"{p}.sub_ff.norm")
-    spec.decoder.projection.weight = w["generator.weight"]
-    spec.decoder.projection.bias = w["generator.bias"]
+    _linear(spec.decoder.projection, w, "generator")
+    if cfg.scale_output:
+        spec.decoder.scale_outputs = cfg.d_model ** -0.5
 
     src_vocab, tgt_vocab = list(loaded.src.vocab.itos), list(loaded.tgt.vocab.itos)
     spec.register_source_vocabulary(src_vocab)
     spec.register_target_vocabulary(tgt_vocab)
     spec.config.bos_token, spec.config.eos_token = tgt_vocab[BOS_ID], tgt_vocab[EOS_ID]
     spec.config.unk_token, spec.config.decoder_start_token = tgt_vocab[UNK_ID], tgt_vocab[BOS_ID]
-    spec.config.layer_norm_epsilon = LAYER_NORM_EPS
+    spec.config.layer_norm_epsilon = RMS_EPS if cfg.norm_kind == "rmsnorm" else LAYER_NORM_EPS
     return spec
 
 
@@ -270,28 +279,48 @@ def check_convertible(loaded: LoadedModel) -> None:
     if loaded.tgt.reverse:
         raise CheckpointError(f"{loaded.path}: a right-to-left model (data.tgt_reverse); CTranslate2 would write "
                               "its outputs backwards")
+    if cfg.head_dim and cfg.head_dim * cfg.heads != cfg.d_model:
+        raise CheckpointError(f"{loaded.path}: model.head_dim={cfg.head_dim} with {cfg.heads} heads and d_model="
+                              f"{cfg.d_model}; CTranslate2's encoder-decoder Transformer needs heads x head size = "
+                              "d_model")
 
 
 def _norm(spec, w: dict, name: str) -> None:
-    spec.gamma, spec.beta = w[f"{name}.weight"], w[f"{name}.bias"]
+    spec.gamma = w[f"{name}.weight"]
+    if f"{name}.bias" in w:  # (an RMS norm has none)
+        spec.beta = w[f"{name}.bias"]
 
 
 def _linear(spec, w: dict, name: str) -> None:
-    spec.weight, spec.bias = w[f"{name}.weight"], w[f"{name}.bias"]
+    spec.weight = w[f"{name}.weight"]
+    if f"{name}.bias" in w:  # (none with model.bias=false or model.output_bias=false)
+        spec.bias = w[f"{name}.bias"]
 
 
-def _attention(spec, w: dict, name: str, self_attention: bool) -> None:
+def _fused(spec, w: dict, names: tuple[str, ...]) -> None:
+    spec.weight = torch.cat([w[f"{x}.weight"] for x in names])
+    if f"{names[0]}.bias" in w:
+        spec.bias = torch.cat([w[f"{x}.bias"] for x in names])
+
+
+def _attention(spec, w: dict, name: str, cfg: TransformerConfig, self_attention: bool = True,
+               relative: str | None = None) -> None:
     q, k, v, o = (f"{name}.{p}_proj" for p in ("q", "k", "v", "out"))
     if self_attention:  # one fused q|k|v projection
-        spec.linear[0].weight = torch.cat([w[f"{x}.weight"] for x in (q, k, v)])
-        spec.linear[0].bias = torch.cat([w[f"{x}.bias"] for x in (q, k, v)])
+        _fused(spec.linear[0], w, (q, k, v))
     else:  # q, then one fused k|v projection of the memory
         _linear(spec.linear[0], w, q)
-        spec.linear[1].weight = torch.cat([w[f"{x}.weight"] for x in (k, v)])
-        spec.linear[1].bias = torch.cat([w[f"{x}.bias"] for x in (k, v)])
+        _fused(spec.linear[1], w, (k, v))
     _linear(spec.linear[-1], w, o)
+    if not cfg.scale_attention:
+        spec.queries_scale = 1.0
+    if relative:  # the stack's one table, in every layer (as CTranslate2's T5 converter shares it)
+        spec.relative_attention_bias = w[f"{relative}.table.weight"]
+        spec.relative_attention_max_distance = np.int32(cfg.rel_max_distance)
 
 
 def _ffn(spec, w: dict, layer: str) -> None:
     _linear(spec.linear_0, w, f"{layer}.ff.fc1")
+    if f"{layer}.ff.fc1_linear.weight" in w:  # gated: act(linear_0 x) * linear_0_noact x
+        _linear(spec.linear_0_noact, w, f"{layer}.ff.fc1_linear")
     _linear(spec.linear_1, w, f"{layer}.ff.fc2")

@@ -1,4 +1,5 @@
-"""Hugging Face interoperability: MarianMT and BART checkpoints in and out of crossway's one Transformer.
+"""Hugging Face interoperability: MarianMT, BART and T5 checkpoints in and out of crossway's one Transformer
+(T5's layout, names and tokenizer are in crossway/hf_t5.py; both entry points dispatch on model_type).
 
     import_hf(hf_dir, out_run)  config.json + model.safetensors | pytorch_model.bin (+ tokenizer files) -> RUN/best
     export_hf(run, out_dir)     a crossway Transformer -> config.json, generation_config.json, model.safetensors
@@ -27,9 +28,10 @@ Search. Imported models decode with `beam_rules="hf"` (HF's beam scoring and sto
 forces eos at the length limit (forced_eos_token_id); crossway never emits pad, where HF only does not when
 told so (Marian configs ban it with bad_words_ids). Not reproduced: forced_bos_token_id, multi-token bad words.
 
-A crossway-trained model exports in Marian layout (positions=sinusoidal_split, no embed_norm) or BART layout
-(positions=learned, embed_norm); its vocabulary keeps crossway's order (decoder start = bos = 1). Pre-norm, the
-interleaved "sinusoidal" positions and the RNN models have no HF Marian/BART equivalent and are refused.
+A crossway-trained model exports in Marian layout (positions=sinusoidal_split, no embed_norm), BART layout
+(positions=learned, embed_norm) or T5 layout (positions=relative); its vocabulary keeps crossway's order (decoder
+start = bos = 1). Pre-norm Marian/BART, the interleaved "sinusoidal" positions and the RNN models have no HF
+equivalent and are refused.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from crossway.errors import CheckpointError
 from crossway.models.transformer import TransformerConfig, build_transformer
 from crossway.training.checkpoint import load_checkpoint, save_checkpoint
 
-MODEL_TYPES = ("marian", "bart")
+MODEL_TYPES = ("marian", "bart", "t5")
 NEVER = -1e4  # output bias of rows that must take no probability mass (exp underflows to exactly 0 in float32)
 NEW = -1  # an HF id for a row that import adds (the unk of a vocabulary without one)
 ACT_IN = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu", "gelu_new": "gelu_tanh",
@@ -98,7 +100,7 @@ def vocab_order(V: int, pad: int, start: int, eos: int, unk: int | None) -> list
 
 # --- import -----------------------------------------------------------------------------------------------------
 def import_hf(hf_dir: str | Path, out_run: str | Path, overwrite: bool = False) -> Path:
-    """Convert a local Hugging Face MarianMT or BART directory into a crossway run (OUT_RUN/best); returns the
+    """Convert a local Hugging Face MarianMT, BART or T5 directory into a crossway run (OUT_RUN/best); returns the
     checkpoint path. Tokenizer files are optional: without them the model works on ids and `translate` says why
     it cannot read text."""
     hf_dir, out_run = Path(hf_dir), Path(out_run)
@@ -108,22 +110,13 @@ def import_hf(hf_dir: str | Path, out_run: str | Path, overwrite: bool = False) 
         raise CheckpointError(f"{hf_dir / 'config.json'}: model_type {mtype!r} is not supported; "
                               f"valid: {', '.join(MODEL_TYPES)}")
     gen = _read_json(hf_dir / "generation_config.json", None) if (hf_dir / "generation_config.json").exists() else {}
-    cfg = _model_config(config, hf_dir / "config.json")
-    weights = _read_weights(hf_dir)
-    names, tokfiles, tok_reason = _read_vocab(hf_dir, mtype, int(config["vocab_size"]))
-    ids = _special_ids(config, names, hf_dir / "config.json")
-    order = vocab_order(int(config["vocab_size"]), ids["pad"], ids["start"], ids["eos"], ids["unk"])
-    tokens = [_cw_name(names[i], i) for i in order[4:]]
-    vocab = Vocab(tokens)
-    model = build_transformer(cfg, len(vocab), len(vocab))
-    state = {k: _take(weights, hf_key(k), hf_dir) for k in model.state_dict() if k not in VOCAB_KEYS}
-    state.update(_import_vocab_rows(weights, cfg, order, hf_dir))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{hf_dir}: weights do not match config.json ({str(e).strip()[:500]})") from None
-    model.eval()
-    src, tgt = _codecs(mtype, vocab, tokfiles, tok_reason, names, config)
+    if mtype == "t5":
+        from crossway import hf_t5  # (here: hf_t5 builds on this module's helpers)
+
+        model, ids, names, tokfiles, (src, tgt) = hf_t5.read_t5(hf_dir, config)
+    else:
+        model, ids, names, tokfiles, (src, tgt) = _read_marian_bart(hf_dir, config, mtype)
+    cfg = model.cfg
     run_cfg = RunConfig(data=DataConfig(src_tokenizer=src.tokenizer.kind, tgt_tokenizer=tgt.tokenizer.kind,
                                         max_src_len=cfg.max_positions, max_tgt_len=cfg.max_positions - 1),
                         model=cfg, decode=_decode_config({**config, **gen}, ids["eos"]))
@@ -132,6 +125,29 @@ def import_hf(hf_dir: str | Path, out_run: str | Path, overwrite: bool = False) 
             "tokenizer_config": tokfiles.get("tokenizer_config")}
     check_out(out_run, overwrite, "--out run")
     return save_checkpoint(out_run / "best", model, run_cfg, src, tgt, extra_json={"hf.json": meta})
+
+
+def _read_marian_bart(hf_dir: Path, config: dict, mtype: str):
+    """-> the model with its weights, HF special ids, HF token names, tokenizer files read, (src, tgt) codecs."""
+    cfg = _model_config(config, hf_dir / "config.json")
+    weights = _read_weights(hf_dir)
+    names, tokfiles, tok_reason = _read_vocab(hf_dir, mtype, int(config["vocab_size"]))
+    ids = _special_ids(config, names, hf_dir / "config.json")
+    order = vocab_order(int(config["vocab_size"]), ids["pad"], ids["start"], ids["eos"], ids["unk"])
+    vocab = Vocab([_cw_name(names[i], i) for i in order[4:]])
+    model = build_transformer(cfg, len(vocab), len(vocab))
+    state = {k: _take(weights, hf_key(k), hf_dir) for k in model.state_dict() if k not in VOCAB_KEYS}
+    state.update(_import_vocab_rows(weights, cfg, order, hf_dir))
+    load_weights(model, state, hf_dir)
+    return model, ids, names, tokfiles, _codecs(mtype, vocab, tokfiles, tok_reason, names, config)
+
+
+def load_weights(model, state: dict[str, Tensor], hf_dir: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{hf_dir}: weights do not match config.json ({str(e).strip()[:500]})") from None
+    model.eval()
 
 
 def _cw_name(name: str, hf_id: int) -> str:
@@ -176,7 +192,9 @@ def _model_config(c: dict, where: Path) -> TransformerConfig:
         raise CheckpointError(f"{where}: cannot build the model ({type(e).__name__}: {e})") from None
 
 
-def _read_weights(hf_dir: Path) -> dict[str, Tensor]:
+def _read_weights(hf_dir: Path, prefix: str = "model.") -> dict[str, Tensor]:
+    """Every tensor of the directory in float32; keys get `prefix` when none has it (a MarianModel / BartModel
+    saved without its head)."""
     st, pt = hf_dir / "model.safetensors", hf_dir / "pytorch_model.bin"
     index = hf_dir / "model.safetensors.index.json"
     try:
@@ -194,8 +212,8 @@ def _read_weights(hf_dir: Path) -> dict[str, Tensor]:
         raise
     except Exception as e:  # noqa: BLE001  truncated or foreign files
         raise CheckpointError(f"{hf_dir}: cannot read the weights ({type(e).__name__}: {e})") from None
-    if not any(k.startswith("model.") for k in weights):  # saved from MarianModel / BartModel: no "model." prefix
-        weights = {f"model.{k}": v for k, v in weights.items()}
+    if prefix and not any(k.startswith(prefix) for k in weights):
+        weights = {f"{prefix}{k}": v for k, v in weights.items()}
     return {k: v.float() for k, v in weights.items()}
 
 
@@ -220,6 +238,12 @@ def _import_vocab_rows(weights: dict[str, Tensor], cfg: TransformerConfig, order
     dec = enc if cfg.share_embeddings else _first(weights, ("model.decoder.embed_tokens.weight",), where)
     out = dec if cfg.tie_embeddings else _first(weights, ("lm_head.weight",), where)
     bias = weights.get("final_logits_bias", torch.zeros(1, out.size(0))).reshape(-1)
+    return vocab_rows(enc, dec, out, bias, order)
+
+
+def vocab_rows(enc: Tensor, dec: Tensor, out: Tensor, bias: Tensor, order: list[int]) -> dict[str, Tensor]:
+    """HF's embeddings, output projection and output bias (V_hf rows) -> crossway's vocabulary keys, rows in
+    crossway's `order`; the start token's copy and added rows get the bias NEVER."""
     index = torch.tensor([max(i, 0) for i in order])
     added = torch.tensor([i == NEW for i in order])
 
@@ -323,11 +347,12 @@ def _decode_config(g: dict, eos: int) -> DecodeConfig:
 
 # --- export -----------------------------------------------------------------------------------------------------
 def export_hf(run: str | Path, out_dir: str | Path, which: str = "best", overwrite: bool = False) -> Path:
-    """Write a crossway Transformer as a Hugging Face MarianMT or BART directory that `transformers` loads
-    (`MarianMTModel` / `BartForConditionalGeneration.from_pretrained`) and `ct2-transformers-converter` converts.
-    An imported model goes back to its own type, vocabulary order, configs and tokenizer files; a crossway-trained
-    one to the Marian layout (sinusoidal_split positions) or the BART layout (learned positions + embed_norm),
-    with crossway's vocabulary order and no tokenizer files (HF has no char/word tokenizer)."""
+    """Write a crossway Transformer as a Hugging Face MarianMT, BART or T5 directory that `transformers` loads
+    (`MarianMTModel` / `BartForConditionalGeneration` / `T5ForConditionalGeneration.from_pretrained`) and
+    `ct2-transformers-converter` converts. An imported model goes back to its own type, vocabulary order, configs
+    and tokenizer files; a crossway-trained one to the Marian layout (sinusoidal_split positions), the BART layout
+    (learned positions + embed_norm) or the T5 layout (relative positions), with crossway's vocabulary order and
+    no tokenizer files (HF has no char/word tokenizer)."""
     out_dir = Path(out_dir)
     loaded = load_checkpoint(run, which)
     cfg = loaded.config.model
@@ -339,7 +364,28 @@ def export_hf(run: str | Path, out_dir: str | Path, which: str = "best", overwri
     meta_path = loaded.path / "hf.json"
     meta = _read_json(meta_path, None) if meta_path.exists() else None
     mtype = meta["model_type"] if meta else _native_type(cfg, loaded.path)
-    _check_layout(cfg, mtype, loaded.path)
+    ids, V_hf, order, index = export_order(loaded, meta)
+    if mtype == "t5":
+        from crossway import hf_t5  # (here: hf_t5 builds on this module's helpers)
+
+        state, config = hf_t5.export_t5(loaded, index, V_hf, ids, meta)
+        write_tokenizer = hf_t5.write_tokenizer
+    else:
+        _check_layout(cfg, mtype, loaded.path)
+        state, config = _export_state(loaded.model, cfg, index), _hf_config(cfg, mtype, V_hf, ids, meta)
+        write_tokenizer = _write_tokenizer
+    check_out(out_dir, overwrite, "--out directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(out_dir / "config.json", config)
+    _write_json(out_dir / "generation_config.json", _generation_config(loaded.config.decode, ids, meta, cfg))
+    write_tokenizer(out_dir, loaded.src, loaded.tgt, order, V_hf, meta)
+    return out_dir
+
+
+def export_order(loaded, meta: dict | None) -> tuple[dict, int, list[int], Tensor]:
+    """The HF special ids, vocabulary size, crossway -> HF id `order` and, for each HF id, the crossway row it
+    takes (`index`): an imported model's own order inverted, a crossway-trained model's kept."""
     V = len(loaded.tgt.vocab)
     if meta:
         ids = meta["special_ids"]
@@ -351,19 +397,12 @@ def export_hf(run: str | Path, out_dir: str | Path, which: str = "best", overwri
         ids, V_hf, order = {"pad": 0, "start": 1, "eos": 2, "unk": 3}, V, list(range(V))
     skip = 1 if meta else -1  # an imported model's bos is the copy of the start token
     position = {hf: cw for cw, hf in enumerate(order) if cw != skip and hf != NEW}
-    index = torch.tensor([position[j] for j in range(V_hf)])
-    state = _export_state(loaded.model, cfg, index)
-    config = _hf_config(cfg, mtype, V_hf, ids, meta)
-    check_out(out_dir, overwrite, "--out directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    _write_json(out_dir / "config.json", config)
-    _write_json(out_dir / "generation_config.json", _generation_config(loaded.config.decode, ids, meta, cfg))
-    _write_tokenizer(out_dir, loaded.src, loaded.tgt, order, V_hf, meta)
-    return out_dir
+    return ids, V_hf, order, torch.tensor([position[j] for j in range(V_hf)])
 
 
 def _native_type(cfg: TransformerConfig, where: Path) -> str:
+    if cfg.positions == "relative":
+        return "t5"
     if cfg.positions == "learned" and cfg.embed_norm:
         return "bart"
     if cfg.positions == "sinusoidal_split" and not cfg.embed_norm:
@@ -374,7 +413,9 @@ def _native_type(cfg: TransformerConfig, where: Path) -> str:
 
 
 def _check_layout(cfg: TransformerConfig, mtype: str, where: Path) -> None:
-    problems = []
+    problems = [f"model.{k}={getattr(cfg, k)!r}" for k in ("norm_kind", "gated_ff", "bias", "head_dim",
+                                                            "scale_attention", "scale_output")
+                if getattr(cfg, k) != TransformerConfig.__dataclass_fields__[k].default]
     if cfg.norm != "post":
         problems.append("model.norm='pre' (HF Marian and BART are post-norm)")
     if cfg.activation not in ACT_OUT:
@@ -401,7 +442,9 @@ def _export_state(model, cfg: TransformerConfig, index: Tensor) -> dict[str, Ten
         state["model.decoder.embed_tokens.weight"] = sd["tgt_embed.weight"][index].contiguous()
     if not cfg.tie_embeddings:
         state["lm_head.weight"] = sd["generator.weight"][index].contiguous()
-    state["final_logits_bias"] = sd["generator.bias"][index].reshape(1, -1).contiguous()
+    bias = sd.get("generator.bias")  # (none with model.output_bias=false)
+    state["final_logits_bias"] = (bias[index] if bias is not None else torch.zeros(len(index))).reshape(1, -1) \
+        .contiguous()
     return state
 
 

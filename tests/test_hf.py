@@ -370,11 +370,11 @@ def test_cli_errors_name_the_problem(marian, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_clean_error(cli("convert", "--from-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "r1")),
                        "config.json: not found")
-    t5 = tmp_path / "t5"
-    t5.mkdir()
-    (t5 / "config.json").write_text('{"model_type": "t5"}')
-    assert_clean_error(cli("convert", "--from-hf", str(t5), "--out", str(tmp_path / "r2")),
-                       "model_type 't5' is not supported", "marian, bart")
+    pegasus = tmp_path / "pegasus"
+    pegasus.mkdir()
+    (pegasus / "config.json").write_text('{"model_type": "pegasus"}')
+    assert_clean_error(cli("convert", "--from-hf", str(pegasus), "--out", str(tmp_path / "r2")),
+                       "model_type 'pegasus' is not supported", "marian, bart, t5")
     # weights only, no tokenizer files: importing works, translating says why it cannot
     ids_only = tmp_path / "ids-only"
     ids_only.mkdir()

@@ -84,24 +84,29 @@ def _fp32_attention(q: Tensor) -> bool:
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention over H heads (Vaswani et al. 2017), self or cross.
 
-    B batch, T query length, S key length, D model size, H heads, Dh = D / H.
-    Keys and values are projected by `project_kv` so a caller can compute them once (cross-attention) or
-    grow them one position at a time (the self-attention cache). Without weights requested, PyTorch's fused
-    scaled_dot_product_attention runs; with them, the same product is computed explicitly.
+    B batch, T query length, S key length, D model size, H heads, Dh head size (D / H unless given: T5's d_kv;
+    H * Dh may differ from D). Keys and values are projected by `project_kv` so a caller can compute them once
+    (cross-attention) or grow them one position at a time (the self-attention cache). Without weights requested,
+    PyTorch's fused scaled_dot_product_attention runs; with them, the same product is computed explicitly. A
+    float `bias` (T5's relative positions) is added to the scores; `scale=False` leaves out the 1 / sqrt(Dh)
+    (T5 folds it into its initialisation).
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float, bias: bool = True):
+    def __init__(self, d_model: int, heads: int, dropout: float, bias: bool = True, head_dim: int = 0,
+                 scale: bool = True):
         super().__init__()
-        if d_model % heads:
+        if not head_dim and d_model % heads:
             raise ValueError(f"model size {d_model} is not divisible by {heads} heads")
-        self.heads, self.dh, self.dropout = heads, d_model // heads, dropout
-        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.heads, self.dh, self.dropout = heads, head_dim or d_model // heads, dropout
+        self.scale = None if scale else 1.0  # None: scaled_dot_product_attention's own 1 / sqrt(Dh)
+        inner = heads * self.dh
+        self.q_proj = nn.Linear(d_model, inner, bias=bias)
+        self.k_proj = nn.Linear(d_model, inner, bias=bias)
+        self.v_proj = nn.Linear(d_model, inner, bias=bias)
+        self.out_proj = nn.Linear(inner, d_model, bias=bias)
 
     def split(self, x: Tensor) -> Tensor:
-        """(B, L, D) -> (B, H, L, Dh), a view."""
+        """(B, L, H * Dh) -> (B, H, L, Dh), a view."""
         B, L, _ = x.shape
         return x.view(B, L, self.heads, self.dh).transpose(1, 2)
 
@@ -110,30 +115,38 @@ class MultiHeadAttention(nn.Module):
         return self.split(self.k_proj(x)), self.split(self.v_proj(x))
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D) queries; k, v (B, H, S, Dh); mask broadcastable to (B, H, T, S), True = attend.
+                need_weights: bool = False, bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, D) queries; k, v (B, H, S, Dh); mask broadcastable to (B, H, T, S), True = attend; bias
+        broadcastable to (B, H, T, S), added to the scores.
 
         -> output (B, T, D) and, when asked, weights (B, H, T, S)."""
-        out, weights = self.attend(self.split(self.q_proj(x)), k, v, mask, need_weights)
+        out, weights = self.attend(self.split(self.q_proj(x)), k, v, mask, need_weights, bias)
         return self.out_proj(out), weights
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-               need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """q (B, H, T, Dh), k, v (B, H, S, Dh) -> heads merged (B, T, D), before the output projection."""
+               need_weights: bool = False, bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """q (B, H, T, Dh), k, v (B, H, S, Dh) -> heads merged (B, T, H * Dh), before the output projection."""
         p = self.dropout if self.training else 0.0
+        fp32 = not need_weights and _fp32_attention(q)
+        if bias is not None:  # one float mask: the bias where attending, -inf elsewhere
+            bias = bias.to(torch.float32 if fp32 else q.dtype)
+            mask = bias if mask is None else torch.where(mask, bias, float("-inf"))
         if need_weights:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.dh)  # (B, H, T, S)
+            scores = q @ k.transpose(-2, -1)  # (B, H, T, S)
+            scores = scores / math.sqrt(self.dh) if self.scale is None else scores
             if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
+                scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
             weights = torch.softmax(scores, dim=-1)
             out = torch.nn.functional.dropout(weights, p, self.training) @ v  # (B, H, T, Dh)
-        elif _fp32_attention(q):
+        elif fp32:
             weights = None
             with torch.autocast("cpu", enabled=False):
                 out = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
-                                                                       attn_mask=mask, dropout_p=p)
+                                                                       attn_mask=mask, dropout_p=p,
+                                                                       scale=self.scale)
         else:
             weights = None
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                                                   scale=self.scale)
         B, _, T, _ = out.shape
         return out.transpose(1, 2).reshape(B, T, -1), weights

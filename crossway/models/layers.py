@@ -1,6 +1,7 @@
-"""Building blocks shared by the Transformer-style models: positions and the feed-forward block.
+"""Building blocks shared by the Transformer-style models: positions (absolute tables and T5's relative position
+bias), norms and the feed-forward block.
 
-B batch, L length, D model size, F feed-forward size.
+B batch, L length, D model size, F feed-forward size, H heads, T query length, S key length.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from torch import Tensor, nn
 # Exact Hugging Face semantics (ACT2FN): "gelu" is the erf form, "silu" is HF's "swish"/"silu",
 # "gelu_tanh" is the tanh approximation (HF "gelu_new" / "gelu_pytorch_tanh").
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}
-POSITIONS = ("sinusoidal", "sinusoidal_split", "learned")
+POSITIONS = ("sinusoidal", "sinusoidal_split", "learned")  # absolute: a table added to the embeddings
+RMS_EPS = 1e-6  # T5LayerNorm's epsilon (Hugging Face layer_norm_epsilon in every T5 checkpoint)
 
 
 def sinusoidal_table(length: int, dim: int) -> Tensor:
@@ -57,13 +59,65 @@ class Positions(nn.Module):
         return self.learned(positions + self.offset) if self.learned is not None else self.table[positions]
 
 
-class FeedForward(nn.Module):
-    """Position-wise D -> F -> D with an activation and dropout between."""
+class RelativePositionBias(nn.Module):
+    """T5's bucketed relative position bias (Raffel et al. 2020; Hugging Face `T5Attention.compute_bias`): a
+    learned scalar per head and bucket of the distance key - query, added to the attention scores. Of the
+    buckets of a direction, the first half hold one distance each and the rest log-spaced ranges up to
+    `max_distance` (farther keys share the last). Bidirectional (the encoder) splits the buckets between the two
+    directions; causal (decoder self-attention) gives them all to keys at or before the query."""
 
-    def __init__(self, dim: int, ff_dim: int, dropout: float, activation: str):
+    def __init__(self, buckets: int, max_distance: int, heads: int, bidirectional: bool):
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, ff_dim), nn.Linear(ff_dim, dim)
+        self.buckets, self.max_distance, self.bidirectional = buckets, max_distance, bidirectional
+        self.table = nn.Embedding(buckets, heads)
+
+    def bucket(self, rel: Tensor) -> Tensor:
+        """rel (...) long, key position - query position -> bucket ids (...), as Mesh TensorFlow computes them."""
+        n, out = self.buckets, torch.zeros_like(rel)
+        if self.bidirectional:
+            n //= 2
+            out = out + (rel > 0).long() * n
+            rel = rel.abs()
+        else:
+            rel = -rel.clamp(max=0)
+        exact = n // 2
+        large = exact + (torch.log(rel.float() / exact) / math.log(self.max_distance / exact)
+                         * (n - exact)).long()
+        return out + torch.where(rel < exact, rel, large.clamp(max=n - 1))
+
+    def forward(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """q_pos (T,), k_pos (S,) long -> bias (1, H, T, S) for the attention scores."""
+        return self.table(self.bucket(k_pos[None, :] - q_pos[:, None])).permute(2, 0, 1).unsqueeze(0)
+
+
+class RMSNorm(nn.Module):
+    """Root mean square norm (Zhang & Sennrich 2019) as T5 has it (`T5LayerNorm`): no mean subtraction, no bias,
+    the mean square in float32 (so half-precision inputs are normalised accurately)."""
+
+    def __init__(self, dim: int, eps: float = RMS_EPS):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * (x.to(self.weight.dtype) if self.weight.dtype in (torch.float16, torch.bfloat16)
+                              else x)
+
+
+NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": RMSNorm}
+
+
+class FeedForward(nn.Module):
+    """Position-wise D -> F -> D with an activation and dropout between. Gated (Shazeer 2020, "GLU variants"; T5
+    v1.1's gated-gelu): act(fc1 x) * fc1_linear x -> fc2."""
+
+    def __init__(self, dim: int, ff_dim: int, dropout: float, activation: str, gated: bool = False,
+                 bias: bool = True):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, ff_dim, bias=bias), nn.Linear(ff_dim, dim, bias=bias)
+        self.fc1_linear = nn.Linear(dim, ff_dim, bias=bias) if gated else None
         self.act, self.drop = ACTIVATIONS[activation](), nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.drop(self.act(self.fc1(x))))
+        h = self.act(self.fc1(x))
+        return self.fc2(self.drop(h if self.fc1_linear is None else h * self.fc1_linear(x)))

@@ -4,10 +4,17 @@ import torch
 from crossway.models import Seq2Seq, TransformerConfig, build_transformer, select_batch
 from tests.models.grouped import grouped_and_repeated_steps
 
+T5 = {"positions": "relative", "norm_kind": "rmsnorm", "bias": False, "scale_attention": False,
+      "scale_embeddings": False, "scale_output": True}  # T5 v1.0
+# T5 v1.1: gated gelu, untied; heads * head_dim (8) != d_model (16); few buckets, so that the short test
+# sequences reach the log-spaced ones in both directions
+T5_GATED = {**T5, "gated_ff": True, "activation": "gelu_tanh", "head_dim": 4, "tie_embeddings": False,
+            "scale_output": False, "output_bias": False, "rel_buckets": 8, "rel_max_distance": 6}
 OPTIONS = [{}, {"norm": "post"}, {"positions": "learned"}, {"activation": "gelu", "tie_embeddings": False},
            {"positions": "sinusoidal_split", "activation": "silu", "norm": "post"},  # Marian
            {"positions": "learned", "position_offset": 2, "embed_norm": True, "scale_embeddings": False,
-            "activation": "gelu_tanh", "norm": "post"}]  # BART
+            "activation": "gelu_tanh", "norm": "post"},  # BART
+           T5, T5_GATED, {**T5_GATED, "norm": "post", "embed_norm": True, "bias": True}]
 
 
 def make(**kw):
@@ -65,7 +72,7 @@ def test_cache_grows_past_its_first_capacity():
     assert (torch.stack(steps, 1) - full).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("kw", OPTIONS[:2])
+@pytest.mark.parametrize("kw", [*OPTIONS[:2], T5_GATED])
 def test_causal_mask_leaks_nothing(kw):
     model = make(**kw)
     src, mask, tgt_in = batch()
@@ -78,7 +85,7 @@ def test_causal_mask_leaks_nothing(kw):
         assert not torch.equal(out[0, j:], base[0, j:])
 
 
-@pytest.mark.parametrize("kw", OPTIONS[:3])
+@pytest.mark.parametrize("kw", [*OPTIONS[:3], T5, T5_GATED])
 def test_padding_invariance(kw):
     model = make(**kw)
     src, mask, tgt_in = batch()
@@ -113,6 +120,17 @@ def test_embedding_tying_and_sharing():
 def test_bad_options():
     with pytest.raises(ValueError, match="divisible"):
         TransformerConfig(d_model=10, heads=4)
+    TransformerConfig(d_model=10, heads=4, head_dim=3)  # an explicit head size needs no divisibility
+    with pytest.raises(ValueError, match="model.head_dim"):
+        TransformerConfig(head_dim=-1)
+    with pytest.raises(ValueError, match="model.norm_kind"):
+        TransformerConfig(norm_kind="batchnorm")
+    with pytest.raises(ValueError, match="model.rel_buckets=16 needs positions 'relative'"):
+        TransformerConfig(rel_buckets=16)
+    with pytest.raises(ValueError, match="model.rel_max_distance=4 must exceed"):
+        TransformerConfig(positions="relative", rel_buckets=8, rel_max_distance=4)
+    with pytest.raises(ValueError, match="model.rel_buckets must be >= 4"):
+        TransformerConfig(positions="relative", rel_buckets=2, rel_max_distance=8)
     with pytest.raises(ValueError, match="norm"):
         TransformerConfig(norm="sandwich")
     with pytest.raises(ValueError, match="position_offset"):
@@ -125,10 +143,11 @@ def test_split_sinusoids_are_the_interleaved_ones_regrouped():
     assert (torch.cat([inter[:, 0::2], inter[:, 1::2]], 1) - split).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("kw", [{}, T5_GATED], ids=["default", "t5"])
 @pytest.mark.parametrize("attention", [False, True], ids=["fused", "weights"])
-def test_rows_share_memory_in_groups(attention):
+def test_rows_share_memory_in_groups(attention, kw):
     """G rows per memory row (beam search's beams) decode as against memory repeated G times."""
-    model = make()
+    model = make(**kw)
     src, mask, _ = batch()
     memory, prev, steps = grouped_and_repeated_steps(model, src, mask, attention=attention)
     for a, b, grouped, expanded in steps:
@@ -185,3 +204,42 @@ def test_training_under_bf16_autocast_runs_attention_in_fp32(monkeypatch):
     assert abs(float(loss16 - loss32)) < 0.02 * float(loss32)
     loss16.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_t5_options_build_what_they_say():
+    model = make(**T5_GATED)
+    a, ff = model.decoder[0].self_attn, model.encoder[0].ff
+    assert a.q_proj.weight.shape == (8, 16) and a.out_proj.weight.shape == (16, 8)  # heads * head_dim = 8
+    assert all(m.bias is None for m in (a.q_proj, a.out_proj, ff.fc1, ff.fc1_linear, ff.fc2, model.generator))
+    assert model.src_pos is None and model.tgt_pos is None
+    assert model.src_rel.bidirectional and not model.tgt_rel.bidirectional
+    assert not any("rel" in k for k in model.state_dict() if k.startswith(("encoder.", "decoder.")))  # per stack
+    assert model.generator.weight is not model.tgt_embed.weight
+    assert "layer_norm" not in type(model.enc_norm).__name__.lower() and not hasattr(model.enc_norm, "bias")
+    assert make().state_dict().keys() == make(scale_output=True).state_dict().keys()  # a scale, no weights
+
+
+def test_rms_norm_and_gated_feed_forward():
+    from crossway.models.layers import FeedForward, RMSNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8)
+    norm = RMSNorm(8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    assert torch.allclose(norm(x), x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * norm.weight)
+    ff = FeedForward(8, 16, 0.0, "relu", gated=True, bias=False)
+    ref = ff.fc2(torch.relu(x @ ff.fc1.weight.T) * (x @ ff.fc1_linear.weight.T))
+    assert torch.allclose(ff(x), ref, atol=1e-6)
+
+
+def test_relative_buckets():
+    """Mesh TensorFlow's buckets, by hand: 8 causal buckets (4 exact, log-spaced to distance 16) and 8
+    bidirectional ones (4 per direction: 2 exact, then log-spaced)."""
+    from crossway.models.layers import RelativePositionBias
+
+    rel = torch.tensor([0, -1, -3, -4, -5, -7, -8, -15, -16, -100, 1, 5])
+    causal = RelativePositionBias(8, 16, 2, bidirectional=False).bucket(rel)
+    assert causal.tolist() == [0, 1, 3, 4, 4, 5, 6, 7, 7, 7, 0, 0]  # keys after the query: bucket 0 (masked)
+    both = RelativePositionBias(8, 16, 2, bidirectional=True).bucket(rel)
+    assert both.tolist() == [0, 1, 2, 2, 2, 3, 3, 3, 3, 3, 5, 6]  # keys after the query: 4 + their bucket
