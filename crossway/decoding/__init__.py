@@ -10,6 +10,7 @@ from crossway.decoding.common import (
     DecodeConfig,
     Hypothesis,
     Processor,
+    coverage_penalty,
     default_processors,
     length_penalty,
     no_repeat_ngram,
@@ -35,5 +36,5 @@ def decode(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig,
     return [[h] for h in greedy_search(model, src, src_mask, cfg, procs)]
 
 
-__all__ = ["DecodeConfig", "Hypothesis", "Processor", "beam_search", "decode", "default_processors",
+__all__ = ["DecodeConfig", "Hypothesis", "Processor", "beam_search", "coverage_penalty", "decode", "default_processors",
            "filter_top_k_top_p", "greedy_search", "length_penalty", "no_repeat_ngram"]

@@ -13,6 +13,12 @@ Two rule sets (`DecodeConfig.beam_rules`), differing in how hypotheses are norma
             cut or not, and rank with the others by normalized score alone; without early stopping a sentence
             ends when the best live beam, normalized at its current length, cannot beat the worst of K finished
             (HF's early_stopping=False heuristic; early_stopping=True is the same under both rules).
+
+Coverage penalty (`DecodeConfig.coverage_penalty` beta > 0, both rule sets): a finished hypothesis ranks by
+normalized score + beta * sum_i log(min(sum_j p_ij, 1)) over its sentence's real memory positions i (Wu et al.
+2016, eq. 14). Search asks every step for the model's attention (whatever its shape: (rows, M), (rows, heads, M),
+(rows, layers, heads, M), averaged to (rows, M) by `mean_attention`), sums it per row and reorders the sums with
+the rows like the tokens. A model that returns no attention is a ConfigError.
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ from crossway.decoding.common import (
     DecodeConfig,
     Hypothesis,
     Processor,
+    coverage_penalty,
     length_penalty,
     max_lengths,
+    mean_attention,
     memory_lengths,
     rank_hypotheses,
     top_log_probs,
     trim_attention,
 )
+from crossway.errors import ConfigError
 from crossway.models.interface import Seq2Seq, select_batch
 
 NEG_INF = float("-inf")
@@ -50,11 +59,13 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
     scores[:, 0] = 0.0  # one live beam per sentence at the start
     tokens = torch.empty(B * K, 0, dtype=torch.long, device=device)  # (rows, t)
     history: Tensor | None = None  # (rows, t, ...) attention rows, when asked
+    coverage = cover = None  # beta > 0: (rows, M) attention summed over the steps so far, (rows,) its penalty
+    beta = cfg.coverage_penalty
     prev = torch.full((B * K,), BOS_ID, dtype=torch.long, device=device)
     state = None
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     for t in range(int(limits.max())):
-        logits, state = model.decode_step(prev, memory, state, attention=cfg.return_attention)
+        logits, state = model.decode_step(prev, memory, state, attention=cfg.return_attention or beta > 0)
         at_limit = t + 1 >= limits[sent]  # (Ba,)
         # each row's 2K best tokens hold every candidate that can be among its sentence's 2K best
         Ba, C = scores.size(0), min(2 * K, logits.size(-1))
@@ -62,6 +73,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
         top_scores, top_idx = (scores.view(-1, 1) + logp).view(Ba, K * C).topk(2 * K, dim=1)  # (Ba, 2K)
         beam, tok = top_idx // C, ids.view(Ba, K * C).gather(1, top_idx)
         step_attn = state.get("attn").float() if cfg.return_attention and "attn" in state else None
+        if beta > 0:
+            coverage, cover = _coverage(coverage, state, memory["mask"], K, beta)  # this step included
         # eos among the K best candidates finishes a hypothesis (at most K of the 2K can be eos: one per beam);
         # under the hf rules, at the length limit the K best candidates all finish
         is_eos = tok == EOS_ID
@@ -73,6 +86,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
             score, eos = float(top_scores[i, j]), bool(is_eos[i, j])
             toks = tokens[row].tolist() + ([] if eos else [int(tok[i, j])])
             normalized = score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)
+            if cover is not None:
+                normalized += float(cover[row])
             finished[int(sent[i])].append(Hypothesis(toks, score, eos, attn, normalized))
         # the K best candidates that are not eos continue
         scores, order = top_scores.masked_fill(is_eos, NEG_INF).topk(K, dim=1)  # (Ba, K)
@@ -80,13 +95,15 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
         next_tok = tok.gather(1, order).view(-1)
         tokens = torch.cat([tokens[rows], next_tok.unsqueeze(1)], 1)
         state = select_batch(state, rows)
+        if coverage is not None:
+            coverage, cover = coverage[rows], cover[rows]
         if step_attn is not None:
             history = torch.cat([history[rows], step_attn[rows].unsqueeze(1)], 1) if history is not None \
                 else step_attn[rows].unsqueeze(1)
         done = _done(scores, finished, sent, limits, t, cfg)
         for i in done.nonzero().squeeze(1).tolist():
             if cfg.beam_rules == "crossway" and at_limit[i] and len(finished[int(sent[i])]) < cfg.n_best:
-                _add_unfinished(finished[int(sent[i])], scores[i], tokens, history, i, K, t, cfg)
+                _add_unfinished(finished[int(sent[i])], scores[i], tokens, history, cover, i, K, t, cfg)
         if bool(done.all()):
             break
         prev = next_tok
@@ -97,6 +114,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
             memory, state = select_batch(memory, keep.to(device)), select_batch(state, keep_rows)
             tokens, prev = tokens[keep_rows], prev[keep_rows]
             history = history[keep_rows] if history is not None else None
+            coverage = coverage[keep_rows] if coverage is not None else None
     for f, n in zip(finished, lengths.tolist(), strict=True):
         trim_attention(f, n)  # the sentence's real memory positions
     return [rank_hypotheses(f, cfg.n_best, cfg.beam_rules) for f in finished]
@@ -106,6 +124,19 @@ def _attention(history: Tensor | None, step: Tensor | None, row: int) -> Tensor 
     if step is None:
         return None
     return step[row].unsqueeze(0) if history is None else torch.cat([history[row], step[row].unsqueeze(0)])
+
+
+def _coverage(coverage: Tensor | None, state: dict[str, Tensor], mask: Tensor, K: int,
+              beta: float) -> tuple[Tensor, Tensor]:
+    """The coverage so far (rows, M) plus this step's attention, and each row's coverage penalty (rows,) over its
+    sentence's real memory positions (mask (Ba, M); padding counts as covered: log 1 = 0)."""
+    if "attn" not in state:
+        raise ConfigError("decode.coverage_penalty > 0 needs a model that returns its attention weights "
+                          "(state['attn'] from decode_step(..., attention=True)); this one returns none")
+    attn = mean_attention(state["attn"])  # (rows, M)
+    coverage = attn if coverage is None else coverage + attn
+    real = mask.repeat_interleave(K, 0)  # (rows, M)
+    return coverage, coverage_penalty(coverage.masked_fill(~real, 1.0), beta)
 
 
 def _done(scores: Tensor, finished: list[list[Hypothesis]], sent: Tensor, limits: Tensor, t: int,
@@ -122,7 +153,8 @@ def _done(scores: Tensor, finished: list[list[Hypothesis]], sent: Tensor, limits
             continue
         best_live = float(scores[i, 0])
         # a negative score divided by the largest penalty it could still get is its best possible value
-        # (hf rules: HF's heuristic, the penalty at the current length)
+        # (hf rules: HF's heuristic, the penalty at the current length); the coverage penalty is <= 0, so
+        # leaving it out keeps the bound an upper bound on every continuation (still exact for alpha >= 0)
         bound = int(limits[s]) if cfg.length_penalty > 0 and cfg.beam_rules == "crossway" else t + 1
         lp = length_penalty(bound, cfg.length_penalty, cfg.beam_rules)
         worst_kept = sorted(h.normalized for h in fin)[-cfg.beam_size]
@@ -130,14 +162,17 @@ def _done(scores: Tensor, finished: list[list[Hypothesis]], sent: Tensor, limits
     return done.to(scores.device)
 
 
-def _add_unfinished(fin: list[Hypothesis], scores: Tensor, tokens: Tensor, history: Tensor | None, i: int,
-                    K: int, t: int, cfg: DecodeConfig) -> None:
-    """At the length limit, live beams fill the n-best list when too few hypotheses reached eos."""
+def _add_unfinished(fin: list[Hypothesis], scores: Tensor, tokens: Tensor, history: Tensor | None,
+                    cover: Tensor | None, i: int, K: int, t: int, cfg: DecodeConfig) -> None:
+    """At the length limit, live beams fill the n-best list when too few hypotheses reached eos (`cover`: the
+    rows' coverage penalties (rows,), when on)."""
     for k in range(K):
         score = float(scores[k])
         if score == NEG_INF:
             continue
         row = i * K + k
         attn = history[row] if history is not None else None
-        fin.append(Hypothesis(tokens[row].tolist(), score, False, attn,
-                              score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)))
+        normalized = score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)
+        if cover is not None:
+            normalized += float(cover[row])
+        fin.append(Hypothesis(tokens[row].tolist(), score, False, attn, normalized))

@@ -28,6 +28,7 @@ class DecodeConfig:
     min_len: int = 0  # eos is forbidden before this many tokens
     beam_size: int = 5
     length_penalty: float = 1.0  # GNMT alpha: score / ((5 + length) / 6) ** alpha; 0 = raw log-probability
+    coverage_penalty: float = 0.0  # beam only: GNMT beta, + beta * sum_i log(min(attention on source i, 1)); 0 = off
     n_best: int = 1  # hypotheses returned per input (beam)
     early_stopping: bool = True  # beam: a sentence ends once it has beam_size finished hypotheses
     beam_rules: str = "crossway"  # crossway | hf: Hugging Face generate()'s beam search (see decoding/beam.py)
@@ -52,6 +53,8 @@ class DecodeConfig:
         if not 0 < self.top_p <= 1 or not 1e-3 <= self.temperature <= 1e3:
             raise ValueError(f"decode.top_p must be in (0, 1] (got {self.top_p}) and decode.temperature in "
                              f"[0.001, 1000] (got {self.temperature})")
+        if self.coverage_penalty < 0:
+            raise ValueError(f"decode.coverage_penalty must be >= 0 (0 = off), not {self.coverage_penalty}")
         if self.rescore_mbr < 0:
             raise ValueError(f"decode.rescore_mbr must be >= 0 (0 = off), not {self.rescore_mbr}")
         if not 0 <= self.seed < 2 ** 63:
@@ -64,7 +67,7 @@ class Hypothesis:
     score: float  # sum of log-probabilities, eos included when it was produced
     finished: bool  # False when the length limit stopped it before eos
     attention: Tensor | None = None  # (T, ...) one row per produced token (eos included), when asked
-    normalized: float | None = None  # beam: the length-penalised score it was ranked by
+    normalized: float | None = None  # beam: the length-penalised score (+ coverage penalty) it was ranked by
 
 
 def memory_lengths(memory: dict[str, Tensor]) -> Tensor:
@@ -89,6 +92,25 @@ def length_penalty(length: int | Tensor, alpha: float, rules: str = "crossway"):
     """GNMT (Wu et al. 2016): ((5 + |Y|) / 6) ** alpha, |Y| counting eos; with the "hf" rules, Hugging Face
     generate()'s |Y| ** alpha (|Y| also counting eos)."""
     return length ** alpha if rules == "hf" else ((5 + length) / 6) ** alpha
+
+
+COVERAGE_FLOOR = 1e-10  # a source position's least coverage: one that got no attention at all keeps a finite log
+
+
+def mean_attention(attn: Tensor) -> Tensor:
+    """A step's attention as one distribution over memory positions: (B, M), (B, heads, M) or (B, layers, heads,
+    M) -> (B, M) float, the mean over the axes between batch and memory (every layer and head weighs the same)."""
+    attn = attn.float()
+    return attn.flatten(1, -2).mean(1) if attn.dim() > 2 else attn
+
+
+def coverage_penalty(coverage: Tensor, beta: float) -> Tensor:
+    """GNMT's coverage penalty (Wu et al. 2016, eq. 14): cp = beta * sum_i log(min(sum_j p_ij, 1)).
+
+    coverage (M,) or (B, M): sum_j p_ij, the attention that each real memory position i received over the output
+    tokens j (eos included; padding cut off or set to 1) -> () or (B,), <= 0, and 0 once every position has received at
+    least 1 in total. A coverage below COVERAGE_FLOOR counts as the floor."""
+    return beta * coverage.clamp(COVERAGE_FLOOR, 1.0).log().sum(-1)
 
 
 def rank_hypotheses(hyps: list[Hypothesis], n: int, rules: str = "crossway") -> list[Hypothesis]:

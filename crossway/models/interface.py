@@ -20,7 +20,7 @@ as rows, so a source is stored and read once per step, not K times; greedy searc
 Attention: asked with `decode_step(..., attention=True)`, models that attend put the step's attention weights,
 (B, S) or (B, heads, S) or (B, layers, heads, S), under `state["attn"]`; otherwise they may leave them out (the
 Transformer then runs fused attention and keeps no weights). Search asks only when
-`DecodeConfig.return_attention` is set.
+`DecodeConfig.return_attention` is set, or beam search's `coverage_penalty`.
 
 A state is consumed by the next `decode_step`, which may write into its tensors in place (the Transformer's
 cache); keep a copy with `select_batch` to branch from one state twice. The logits `decode_step` returns belong

@@ -1,9 +1,11 @@
+import math
+
 import pytest
 import torch
 
 from crossway.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from crossway.decoding import DecodeConfig, no_repeat_ngram
-from crossway.decoding.common import step_log_probs, top_log_probs
+from crossway.decoding.common import coverage_penalty, mean_attention, step_log_probs, top_log_probs
 
 
 def logits(rows=6, vocab=50, seed=0):
@@ -48,3 +50,24 @@ def test_processors_take_the_full_path():
     x[0, 7] = 50.0  # would repeat the bigram (4, 7)
     values, ids = top_log_probs(x.clone(), tokens, DecodeConfig(), [no_repeat_ngram(2)], 1)
     assert ids[0, 0] != 7 and values[0, 0].isfinite()
+
+
+def test_coverage_penalty_on_a_hand_built_attention_matrix():
+    """Two output tokens j over three source positions i: coverage sum_j p_ij = (1.2, 0.5, 0.3), so
+    cp = beta * (log min(1.2, 1) + log 0.5 + log 0.3) = 0.5 * (0 - 0.693147 - 1.203973) = -0.948560."""
+    p = torch.tensor([[0.7, 0.2, 0.1],  # (T, S): row j is output token j's attention
+                      [0.5, 0.3, 0.2]])
+    assert float(coverage_penalty(p.sum(0), 0.5)) == pytest.approx(-0.948560, abs=1e-6)
+    covered = torch.tensor([[0.6, 0.5, 0.9], [0.4, 0.5, 0.1]]).sum(0)  # (1, 1, 1): nothing uncovered
+    batch = coverage_penalty(torch.stack([p.sum(0), covered]), 0.5)  # (B, S) -> (B,)
+    assert batch.shape == (2,) and batch[0] == pytest.approx(-0.948560, abs=1e-6) and batch[1] == 0
+    assert float(coverage_penalty(p.sum(0), 0.0)) == 0
+    assert float(coverage_penalty(torch.tensor([0.0, 1.0]), 1.0)) == pytest.approx(math.log(1e-10), rel=1e-6)
+
+
+def test_mean_attention_averages_layers_and_heads():
+    g = torch.Generator().manual_seed(0)
+    attn = torch.rand(3, 2, 4, 5, generator=g)  # (B, layers, heads, S)
+    assert torch.allclose(mean_attention(attn), attn.mean((1, 2)))
+    assert torch.allclose(mean_attention(attn[:, 0]), attn[:, 0].mean(1))
+    assert torch.equal(mean_attention(attn[:, 0, 0]), attn[:, 0, 0])
