@@ -40,9 +40,11 @@ SYSTEMS = ("scratch", "t5", "bart")
 
 def pretrain(objective: str, threads: int) -> Path:
     run = ROOT / f"runs/pretrain-{objective}"
-    if not (run / "best").exists():
+    finished = (run / "metrics.jsonl").exists() and any("received" not in r["reason"] for r in records(run, "stop"))
+    if not finished:  # missing, or stopped by a signal: (re)start or resume it
+        resume = ["--resume"] if (run / "last").exists() else ["--overwrite"]
         subprocess.run([sys.executable, "-m", "crossway", "train", str(ROOT / f"configs/pretrain_{objective}.yaml"),
-                        f"train.threads={threads}", "train.progress=false", "--overwrite"], check=True, cwd=ROOT)
+                        f"train.threads={threads}", "train.progress=false", *resume], check=True, cwd=ROOT)
     return run
 
 

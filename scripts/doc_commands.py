@@ -497,7 +497,7 @@ class Runner:
                  f"train.max_minutes={TRAIN_MINUTES}"]
         notes.append("tiny budget" + (f" ({epochs} epochs: a later average takes --last {epochs})"
                                       if epochs > 1 else ""))
-        if "sentencepiece" in (data.get("src_tokenizer"), data.get("tgt_tokenizer")):
+        if "sentencepiece" in (data.get("src_tokenizer"), data.get("tgt_tokenizer")) or raw.get("task") == "pretrain":
             extra.append(f"data.spm_vocab_size={SPM_VOCAB}")
             notes.append("a SentencePiece vocabulary the small data can fill")
         if (self.repo / out).exists() and "--resume" not in argv and "--overwrite" not in argv:
