@@ -209,8 +209,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if section not in ("data", "model", "train", "decode"):
             raise ConfigError(f"override {item!r}: unknown section {section!r}; valid: data, model, train, decode")
         raw.setdefault(section, {})
-        raw[section][name] = yaml.safe_load(value) if value != "" else ""
+        raw[section][name] = _scalar(value)
     return raw
+
+
+def _scalar(value: str):
+    """An override's value as YAML reads a scalar (3e-4, true, 12); text that YAML would read as a mapping or a
+    list ("translate English to Spanish: ") or cannot read stays the text it is: every config field is a scalar."""
+    if value == "":
+        return ""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return value if isinstance(parsed, dict | list) else parsed
 
 
 def _positive(obj, section: str, *names: str) -> None:

@@ -17,6 +17,15 @@ def test_overrides_are_typed():
     assert cfg.data.src_col == "2" and cfg.train.progress is False
 
 
+def test_override_text_that_yaml_would_read_as_a_mapping_stays_text():
+    cfg = load_config(None, ["data.src_prefix=translate English to Spanish: ", "data.src_ext=[x]",
+                             "data.tgt_ext=a: b: c"])
+    assert cfg.data.src_prefix == "translate English to Spanish: "
+    assert cfg.data.src_ext == "[x]" and cfg.data.tgt_ext == "a: b: c"
+    with pytest.raises(ConfigError, match="train.lr must be of type float"):
+        load_config(None, ["train.lr=fast: please"])
+
+
 def test_unknown_key_lists_valid_ones():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["train.learning_rate=1"])
