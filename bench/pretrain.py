@@ -83,12 +83,18 @@ def records(run: Path, kind: str) -> list[dict]:
 
 
 def score(run: Path, args) -> dict:
+    """Test BLEU / chrF (beam 4) of the run's best checkpoint; kept in RUN/test_scores_N.json until it changes."""
+    cache = run / f"test_scores_{args.test_limit}.json"
+    if cache.exists() and cache.stat().st_mtime > (run / "best/model.safetensors").stat().st_mtime:
+        return json.loads(cache.read_text())
     loaded = cw.load_checkpoint(run)
     beam = dataclasses.replace(loaded.config.decode, strategy="beam", beam_size=4, n_best=1)
     test = BIBLE / "test.tsv" if not args.test_limit else _head(BIBLE / "test.tsv", args.test_limit)
     m = cw.evaluate_file(loaded, str(test), beam).metrics
     stop = records(run, "stop")[-1] if records(run, "stop") else {}
-    return {"bleu": m["bleu"], "chrf": m["chrf"], "steps": stop.get("step"), "seconds": stop.get("train_seconds")}
+    out = {"bleu": m["bleu"], "chrf": m["chrf"], "steps": stop.get("step"), "seconds": stop.get("train_seconds")}
+    cache.write_text(json.dumps(out))
+    return out
 
 
 def _head(path: Path, n: int) -> Path:
