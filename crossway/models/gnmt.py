@@ -29,6 +29,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from crossway.data.tokenizers import PAD_ID
 from crossway.models.attention import AdditiveAttention
 from crossway.models.interface import Memory, State, check_sizes
+from crossway.models.rnn import teacher_forced_steps
 
 RESIDUAL_FROM = 3  # the first layer (counted from 1) with a residual connection, in both stacks (Wu et al. 2016)
 
@@ -112,12 +113,7 @@ class GNMT(nn.Module):
         return self.generator(self._features(features)), state
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, features: bool = False) -> Tensor:
-        memory, state, feats = self.encode(src, src_mask), None, []
-        for t in range(tgt_in.size(1)):
-            f, state = self._step(tgt_in[:, t], memory, state)
-            feats.append(f)
-        f = self._features(torch.stack(feats, 1))  # (B, T, F)
-        return f if features else self.generator(f)  # (B, T, V): one output projection for all steps
+        return teacher_forced_steps(self, src, src_mask, tgt_in, features)
 
     # --- internals ------------------------------------------------------------------------------------
     def _init_state(self, memory: Memory, rows: int) -> State:

@@ -130,12 +130,7 @@ class RNNSeq2Seq(nn.Module):
         return self.generator(self._features(features)), state
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, features: bool = False) -> Tensor:
-        memory, state, feats = self.encode(src, src_mask), None, []
-        for t in range(tgt_in.size(1)):
-            f, state = self._step(tgt_in[:, t], memory, state)
-            feats.append(f)
-        f = self._features(torch.stack(feats, 1))  # (B, T, F)
-        return f if features else self.generator(f)  # (B, T, V): one output projection for all steps
+        return teacher_forced_steps(self, src, src_mask, tgt_in, features)
 
     # --- internals ------------------------------------------------------------------------------------
     def _init_state(self, memory: Memory, rows: int) -> State:
@@ -185,6 +180,17 @@ class RNNSeq2Seq(nn.Module):
     def _features(self, out: Tensor) -> Tensor:
         """The generator's input: the decoder output, through the bottleneck when embeddings are tied."""
         return self.bottleneck(out) if self.bottleneck is not None else out
+
+
+def teacher_forced_steps(model: nn.Module, src: Tensor, src_mask: Tensor, tgt_in: Tensor, features: bool) -> Tensor:
+    """An RNN decoder's teacher-forced pass: the model's own `_step` (the one decode_step runs) at every target
+    position, then `_features` and the output layer once for all steps. -> (B, T, F) or (B, T, V)."""
+    memory, state, feats = model.encode(src, src_mask), None, []
+    for t in range(tgt_in.size(1)):
+        f, state = model._step(tgt_in[:, t], memory, state)
+        feats.append(f)
+    f = model._features(torch.stack(feats, 1))  # (B, T, F)
+    return f if features else model.generator(f)  # (B, T, V): one output projection for all steps
 
 
 def build_rnn(cfg: RNNConfig, src_vocab: int, tgt_vocab: int) -> RNNSeq2Seq:

@@ -27,7 +27,7 @@ from crossway.data.subword import sentencepiece_codec, train_sentencepiece
 from crossway.data.text import Example, iter_lines, iter_tsv
 from crossway.data.tokenizers import TextCodec, Vocab
 from crossway.errors import ConfigError, CrosswayError
-from crossway.tasks.text import load_codecs, teacher_forced_nll, text_loss
+from crossway.tasks.text import examples_nll, load_codecs, text_loss
 
 MASK = "<mask>"
 
@@ -112,9 +112,7 @@ class PretrainTask:
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
-        batches = (collate([self.valid[i] for i in idx], idx)
-                   for idx in token_budget_batches(self.valid, self.cfg.train.max_tokens, shuffle=False))
-        return {"loss": teacher_forced_nll(model, batches)}
+        return {"loss": examples_nll(model, self.valid, self.cfg.train.max_tokens)}
 
 
 def read_streams(d: PretrainDataConfig, paths: str) -> list[list[tuple[int, str]]]:

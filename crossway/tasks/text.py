@@ -72,10 +72,15 @@ class TextTask:
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Teacher-forced loss (per target token, no smoothing) and the task metrics of greedy decoding."""
-        batches = (collate([self.valid[i] for i in idx], idx)
-                   for idx in token_budget_batches(self.valid, self.cfg.train.max_tokens, shuffle=False))
         metrics = evaluate_pairs(model, self.src, self.tgt, self.valid_pairs, self.cfg.decode).metrics
-        return {"loss": teacher_forced_nll(model, batches), **{k: metrics[k] for k in METRICS if k in metrics}}
+        return {"loss": examples_nll(model, self.valid, self.cfg.train.max_tokens),
+                **{k: metrics[k] for k in METRICS if k in metrics}}
+
+
+def examples_nll(model: nn.Module, examples: list[Example], max_tokens: int) -> float:
+    """teacher_forced_nll over encoded examples, in length-sorted batches of at most max_tokens."""
+    return teacher_forced_nll(model, (collate([examples[i] for i in idx], idx)
+                                      for idx in token_budget_batches(examples, max_tokens, shuffle=False)))
 
 
 def teacher_forced_nll(model: nn.Module, batches) -> float:
