@@ -112,12 +112,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="threads per training")
     p.add_argument("--jobs", type=int, default=2, help="trainings side by side")
     p.add_argument("--test-limit", type=int, default=0, help="score on the first N test verses (0 = all)")
-    p.add_argument("--no-train", action="store_true", help="score the runs already in bench/out/pretrain")
+    p.add_argument("--no-train", action="store_true", help="train nothing: score the runs already there")
     args = p.parse_args()
     pairs = [int(x) for x in args.pairs.split(",")]
     steps = dict(tuple(map(int, s.split(":"))) for s in args.steps.split(","))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda o: pretrain(o, args.threads), ("t5", "bart")))
+    if not args.no_train:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda o: pretrain(o, args.threads), ("t5", "bart")))
     files = subsets(pairs)
     jobs = [(s, n) for n in pairs for s in SYSTEMS]
     if not args.no_train:

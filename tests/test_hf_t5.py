@@ -21,13 +21,20 @@ spm = pytest.importorskip("sentencepiece")
 
 import crossway as cw  # noqa: E402
 from crossway.config import RunConfig  # noqa: E402
-from crossway.data.tokenizers import PAD_ID, TextCodec, Vocab, WordTokenizer  # noqa: E402
+from crossway.data.tokenizers import TextCodec, Vocab, WordTokenizer  # noqa: E402
 from crossway.decoding import DecodeConfig, decode  # noqa: E402
 from crossway.errors import CheckpointError  # noqa: E402
 from crossway.hf import export_hf, import_hf  # noqa: E402
 from crossway.models import TransformerConfig, build_transformer  # noqa: E402
 from crossway.training.checkpoint import save_checkpoint  # noqa: E402
-from tests.test_hf import assert_clean_error, cli, hf_outputs, random_batch, sentences  # noqa: E402
+from tests.test_hf import (  # noqa: E402
+    assert_clean_error,
+    assert_exports_like_transformers,
+    cli,
+    hf_outputs,
+    random_batch,
+    sentences,
+)
 
 N_INPUTS, MAX_NEW, SENTINELS, SPARE = 50, 14, 5, 3  # SPARE: rows beyond the sentinels (t5-small has 28)
 SMALL = {"d_model": 32, "num_heads": 4, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2, "dropout_rate": 0.0,
@@ -269,22 +276,7 @@ def test_crossway_t5_exports_with_equal_logits(layout, tmp_path):
     model = build_transformer(cfg, len(vocab), len(vocab)).eval()
     if cfg.output_bias:
         torch.nn.init.zeros_(model.generator.bias)  # T5 has no output bias
-    codec = TextCodec(WordTokenizer(), vocab)
-    save_checkpoint(tmp_path / "run" / "best", model, RunConfig(model=cfg), codec, codec)
-    export_hf(tmp_path / "run", tmp_path / "hf")
-    theirs = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
-    src = torch.randint(4, len(vocab), (6, 9))
-    mask = torch.ones_like(src, dtype=torch.bool)
-    mask[3:, 6:] = False
-    src = src.masked_fill(~mask, PAD_ID)
-    tgt = torch.cat([torch.full((6, 1), 1), torch.randint(4, len(vocab), (6, 7))], 1)
-    with torch.no_grad():
-        ours = model(src, mask, tgt)
-        ref = theirs(input_ids=src, attention_mask=mask.long(), decoder_input_ids=tgt).logits
-        assert (ours - ref).abs().max() <= 1e-4
-        greedy = decode(model, src, mask, DecodeConfig(max_len_a=0, max_len_b=10))
-        gen = theirs.generate(input_ids=src, attention_mask=mask.long(), max_new_tokens=10)
-    assert [(h[0].tokens, h[0].finished) for h in greedy] == hf_outputs(gen, 2)
+    assert_exports_like_transformers(model, cfg, vocab, transformers.T5ForConditionalGeneration, tmp_path)
 
 
 def test_unexportable_models_are_refused(tmp_path):

@@ -59,7 +59,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
     scores[:, 0] = 0.0  # one live beam per sentence at the start
     tokens = torch.empty(B * K, 0, dtype=torch.long, device=device)  # (rows, t)
     history: Tensor | None = None  # (rows, t, ...) attention rows, when asked
-    coverage = cover = None  # beta > 0: (rows, M) attention summed over the steps so far, (rows,) its penalty
+    coverage = None  # beta > 0: (rows, M) attention summed over the steps so far, padding counted as covered
     beta = cfg.coverage_penalty
     prev = torch.full((B * K,), BOS_ID, dtype=torch.long, device=device)
     state = None
@@ -74,7 +74,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
         beam, tok = top_idx // C, ids.view(Ba, K * C).gather(1, top_idx)
         step_attn = state.get("attn").float() if cfg.return_attention and "attn" in state else None
         if beta > 0:
-            coverage, cover = _coverage(coverage, state, memory["mask"], K, beta)  # this step included
+            coverage = _coverage(coverage, state, memory["mask"], K)  # this step included
+        cover = coverage_penalty(coverage, beta) if coverage is not None else None  # (rows,)
         # eos among the K best candidates finishes a hypothesis (at most K of the 2K can be eos: one per beam);
         # under the hf rules, at the length limit the K best candidates all finish
         is_eos = tok == EOS_ID
@@ -95,15 +96,14 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
         next_tok = tok.gather(1, order).view(-1)
         tokens = torch.cat([tokens[rows], next_tok.unsqueeze(1)], 1)
         state = select_batch(state, rows)
-        if coverage is not None:
-            coverage, cover = coverage[rows], cover[rows]
+        coverage = coverage[rows] if coverage is not None else None
         if step_attn is not None:
             history = torch.cat([history[rows], step_attn[rows].unsqueeze(1)], 1) if history is not None \
                 else step_attn[rows].unsqueeze(1)
         done = _done(scores, finished, sent, limits, t, cfg)
         for i in done.nonzero().squeeze(1).tolist():
             if cfg.beam_rules == "crossway" and at_limit[i] and len(finished[int(sent[i])]) < cfg.n_best:
-                _add_unfinished(finished[int(sent[i])], scores[i], tokens, history, cover, i, K, t, cfg)
+                _add_unfinished(finished[int(sent[i])], scores[i], tokens, history, coverage, i, K, t, cfg)
         if bool(done.all()):
             break
         prev = next_tok
@@ -126,17 +126,16 @@ def _attention(history: Tensor | None, step: Tensor | None, row: int) -> Tensor 
     return step[row].unsqueeze(0) if history is None else torch.cat([history[row], step[row].unsqueeze(0)])
 
 
-def _coverage(coverage: Tensor | None, state: dict[str, Tensor], mask: Tensor, K: int,
-              beta: float) -> tuple[Tensor, Tensor]:
-    """The coverage so far (rows, M) plus this step's attention, and each row's coverage penalty (rows,) over its
-    sentence's real memory positions (mask (Ba, M); padding counts as covered: log 1 = 0)."""
+def _coverage(coverage: Tensor | None, state: dict[str, Tensor], mask: Tensor, K: int) -> Tensor:
+    """The coverage so far (rows, M) plus this step's attention; the padding positions of each sentence (mask
+    (Ba, M)) start at 1, covered, so they add log 1 = 0 to the penalty."""
     if "attn" not in state:
         raise ConfigError("decode.coverage_penalty > 0 needs a model that returns its attention weights "
                           "(state['attn'] from decode_step(..., attention=True)); this one returns none")
     attn = mean_attention(state["attn"])  # (rows, M)
-    coverage = attn if coverage is None else coverage + attn
-    real = mask.repeat_interleave(K, 0)  # (rows, M)
-    return coverage, coverage_penalty(coverage.masked_fill(~real, 1.0), beta)
+    if coverage is None:
+        coverage = (~mask).repeat_interleave(K, 0).to(attn.dtype)  # (rows, M): 1 at padding
+    return coverage + attn
 
 
 def _done(scores: Tensor, finished: list[list[Hypothesis]], sent: Tensor, limits: Tensor, t: int,
@@ -163,9 +162,9 @@ def _done(scores: Tensor, finished: list[list[Hypothesis]], sent: Tensor, limits
 
 
 def _add_unfinished(fin: list[Hypothesis], scores: Tensor, tokens: Tensor, history: Tensor | None,
-                    cover: Tensor | None, i: int, K: int, t: int, cfg: DecodeConfig) -> None:
-    """At the length limit, live beams fill the n-best list when too few hypotheses reached eos (`cover`: the
-    rows' coverage penalties (rows,), when on)."""
+                    coverage: Tensor | None, i: int, K: int, t: int, cfg: DecodeConfig) -> None:
+    """At the length limit, live beams fill the n-best list when too few hypotheses reached eos (`coverage`: the
+    rows' attention sums (rows, M), when the coverage penalty is on)."""
     for k in range(K):
         score = float(scores[k])
         if score == NEG_INF:
@@ -173,6 +172,6 @@ def _add_unfinished(fin: list[Hypothesis], scores: Tensor, tokens: Tensor, histo
         row = i * K + k
         attn = history[row] if history is not None else None
         normalized = score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)
-        if cover is not None:
-            normalized += float(cover[row])
+        if coverage is not None:
+            normalized += float(coverage_penalty(coverage[row], cfg.coverage_penalty))
         fin.append(Hypothesis(tokens[row].tolist(), score, False, attn, normalized))

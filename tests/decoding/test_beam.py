@@ -17,7 +17,14 @@ from crossway.decoding import (
     no_repeat_ngram,
 )
 from crossway.errors import ConfigError
-from crossway.models import RNNConfig, TransformerConfig, build_rnn, build_transformer
+from crossway.models import (
+    DecoderOnlyConfig,
+    RNNConfig,
+    TransformerConfig,
+    build_decoder_only,
+    build_rnn,
+    build_transformer,
+)
 from tests.decoding.scripted import ScriptedModel
 
 
@@ -27,6 +34,10 @@ def models():
     torch.manual_seed(0)
     yield build_transformer(TransformerConfig(d_model=16, heads=2, ff_dim=32, enc_layers=1, dec_layers=2,
                                               dropout=0.0), 20, 10).eval()
+    for prefix_lm in (False, True):
+        torch.manual_seed(0)
+        yield build_decoder_only(DecoderOnlyConfig(d_model=16, heads=2, ff_dim=32, layers=2, dropout=0.0,
+                                                   prefix_lm=prefix_lm), 20, 10).eval()
 
 
 def sentences(n=20):

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from crossway.data.batching import pad
-from crossway.decoding import DecodeConfig, beam_search, decode, greedy_search
-from crossway.models import DecoderOnlyConfig, Seq2Seq, build_decoder_only, select_batch
+from crossway.decoding import DecodeConfig, decode
+from crossway.models import DecoderOnlyConfig, Seq2Seq, build_decoder_only
 from tests.conftest import tiny_config
-from tests.models.grouped import grouped_and_repeated_steps
+from tests.models.grouped import assert_state_reorders, grouped_and_repeated_steps
 
 OPTIONS = [{}, {"prefix_lm": True}, {"norm": "post", "positions": "learned"},
            {"prefix_lm": True, "activation": "gelu", "tie_embeddings": False, "scale_embeddings": False}]
@@ -105,31 +105,13 @@ def test_rows_share_memory_in_groups(kw, attention):
 def test_state_reorders_and_shrinks():
     model = make()
     src, mask, tgt_in = batch()
-    memory = model.encode(src, mask)
-    _, state = model.decode_step(tgt_in[:, 0], memory, None)
-    _, state = model.decode_step(tgt_in[:, 1], memory, state)
-    idx = torch.tensor([2, 0])
-    logits, _ = model.decode_step(tgt_in[idx, 2], select_batch(memory, idx), select_batch(state, idx))
-    ref, _ = model.decode_step(tgt_in[:, 2], memory, state)
-    assert (logits - ref[idx]).abs().max() <= 1e-6
+    assert_state_reorders(model, src, mask, tgt_in)
 
 
 def sentences(n=12):
     g = torch.Generator().manual_seed(0)
     return [torch.randint(4, 15, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
             for _ in range(n)]
-
-
-@pytest.mark.parametrize("kw", OPTIONS[:2])
-def test_beam_size_one_equals_greedy(kw):
-    model = make(**kw)
-    src = pad(sentences())
-    greedy = greedy_search(model, src, src != 0, DecodeConfig(max_len_b=8))
-    beam = beam_search(model, src, src != 0, DecodeConfig(strategy="beam", beam_size=1, max_len_b=8,
-                                                           length_penalty=0.0))
-    for g, (b,) in zip(greedy, beam, strict=True):
-        assert g.tokens == b.tokens and g.finished == b.finished
-        assert g.score == pytest.approx(b.score, abs=1e-4)
 
 
 def test_beam_search_is_padding_invariant_and_returns_attention():

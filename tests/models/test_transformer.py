@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from crossway.models import Seq2Seq, TransformerConfig, build_transformer, select_batch
-from tests.models.grouped import grouped_and_repeated_steps
+from crossway.models import Seq2Seq, TransformerConfig, build_transformer
+from tests.models.grouped import assert_state_reorders, grouped_and_repeated_steps
 
 T5 = {"positions": "relative", "norm_kind": "rmsnorm", "bias": False, "scale_attention": False,
       "scale_embeddings": False, "scale_output": True}  # T5 v1.0
@@ -98,13 +98,7 @@ def test_padding_invariance(kw):
 def test_cache_reorders_and_shrinks():
     model = make()
     src, mask, tgt_in = batch()
-    memory = model.encode(src, mask)
-    _, state = model.decode_step(tgt_in[:, 0], memory, None)
-    _, state = model.decode_step(tgt_in[:, 1], memory, state)
-    idx = torch.tensor([2, 0])
-    logits, _ = model.decode_step(tgt_in[idx, 2], select_batch(memory, idx), select_batch(state, idx))
-    ref, _ = model.decode_step(tgt_in[:, 2], memory, state)
-    assert (logits - ref[idx]).abs().max() <= 1e-6
+    assert_state_reorders(model, src, mask, tgt_in)
 
 
 def test_embedding_tying_and_sharing():
