@@ -56,6 +56,29 @@ def closest(hyp: Sequence, refs: Sequence[Sequence]) -> tuple[int, int]:
     return min((edit_distance(hyp, r), len(r)) for r in refs)
 
 
+def position_errors(hyp: Sequence, ref: Sequence) -> list[bool]:
+    """Per reference position, whether a minimal Levenshtein alignment of hyp to ref gets it wrong: the token is
+    substituted or deleted, or a token is inserted just before it (after the last position at the end). For errors
+    by output position (exposure bias); ties in the alignment prefer a match or substitution, then a deletion."""
+    n, m = len(hyp), len(ref)
+    d = [[i + j if i == 0 or j == 0 else 0 for j in range(m + 1)] for i in range(n + 1)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (hyp[i - 1] != ref[j - 1]))
+    wrong, i, j = [False] * m, n, m
+    while i or j:
+        if i and j and d[i][j] == d[i - 1][j - 1] + (hyp[i - 1] != ref[j - 1]):
+            wrong[j - 1] |= hyp[i - 1] != ref[j - 1]
+            i, j = i - 1, j - 1
+        elif j and d[i][j] == d[i][j - 1] + 1:  # ref[j - 1] deleted
+            wrong[j - 1], j = True, j - 1
+        else:  # hyp[i - 1] inserted before ref[j]
+            if m:
+                wrong[min(j, m - 1)] = True
+            i -= 1
+    return wrong
+
+
 def error_rates(hyps: Sequence[list[str]], refs: Sequence[Sequence[list[str]]]) -> dict[str, float]:
     """hyps[i] is a token list, refs[i] a non-empty list of token lists.
 

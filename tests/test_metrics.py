@@ -1,6 +1,6 @@
 import pytest
 
-from crossway.metrics import METRICS, edit_distance, error_rates
+from crossway.metrics import METRICS, edit_distance, error_rates, position_errors
 
 
 def test_edit_distance():
@@ -37,3 +37,16 @@ def test_mismatched_lengths_raise():
 def test_metrics_table_has_the_caption_metrics():
     assert METRICS["bleu4"] == METRICS["cider"] == "max"
     assert METRICS["bleu"] == "max" and METRICS["wer"] == "min"
+
+
+def test_position_errors_follow_the_alignment():
+    ref = "a b c".split()
+    assert position_errors(ref, ref) == [False, False, False]
+    assert position_errors("a c".split(), ref) == [False, True, False]  # deletion
+    assert position_errors("a q c".split(), ref) == [False, True, False]  # substitution
+    assert position_errors("a x b c".split(), ref) == [False, True, False]  # insertion before b
+    assert position_errors("a b c d".split(), ref) == [False, False, True]  # trailing insertion: the last one
+    assert position_errors([], ref) == [True, True, True]
+    assert position_errors(["x"], []) == []
+    # an early deletion costs one position, not every later one (a shifted comparison would mark all four)
+    assert position_errors("b c d e".split(), "a b c d e".split()) == [True, False, False, False, False]
