@@ -180,7 +180,6 @@ def fixed_context(args) -> dict:
                  f"**{G2P_STEPS:,} updates each** (equal updates, not equal time: the fixed-context model is "
                  f"about twice as fast per update), side by side, one thread each; greedy decoding of the best "
                  f"validation checkpoint. WER % by word length in letters.",
-        "command": "python bench/claims.py fixed-context",
         "table": md_table(["system", "parameters", "updates", "minutes", "WER %", "PER %",
                            *(f"{b} letters" for b in names)], rows),
         "figure": line_figure("fixed-context", names, series, "word length (letters)", "WER % (test, greedy)"),
@@ -246,7 +245,6 @@ def beam(args) -> dict:
                  f"{', '.join(map(str, BEAMS[1:]))}, length penalty alpha 0 (raw log-probability) and 1, one "
                  f"thread. Length ratio: sacrebleu's output / reference length (BLEU's brevity penalty starts "
                  f"below 1).",
-        "command": "python bench/claims.py beam",
         "table": md_table(["decoding", "length penalty", "BLEU", "chrF", "length ratio", "verses/s"], rows),
         "figure": save(fig, "beam"),
         "verdict": f"**{verdict}**: the best beam with length penalty 1 scores {best:.2f} BLEU against greedy's "
@@ -295,7 +293,6 @@ def exposure_bias(args) -> dict:
                  f"rate % at each output position: a reference phoneme counts as wrong when a Levenshtein "
                  f"alignment to the closest reference substitutes or deletes it or inserts before it; positions "
                  f"1-based, over the words at least that long.",
-        "command": "python bench/claims.py exposure-bias",
         "table": md_table(["training", "updates", "minutes", "WER %", "PER %", *(f"pos {n}" for n in names)],
                           rows),
         "figure": line_figure("exposure-bias", names, series, "output position (phoneme)", "error rate %"),
@@ -335,7 +332,6 @@ def skips(args) -> dict:
                  f"{args.steps:,} updates each of batch 8 (crop 96), one thread, the same batches (bench/segment.py); "
                  f"test Dice / IoU / boundary F1 over the foreground classes. The figure: the test image where "
                  f"the two differ most in boundary F1 (bench/skips_figure.py).",
-        "command": "python bench/claims.py skips",
         "table": md_table(["network", "parameters", "updates", "Dice", "IoU", "boundary F1"], table),
         "figure": fig,
         "verdict": f"**{verdict}**: boundary F1 {with_f1:.3f} with the skips against {without_f1:.3f} without "
@@ -376,10 +372,9 @@ def pretraining(args) -> dict:
         "setup": "Bible en->es: `configs/pretrain_t5.yaml` and `configs/pretrain_bart.yaml` (800 updates each on "
                  "both sides of the training split; about an hour each on one thread when missing, and not "
                  "counted in the budget), then `configs/bible_en_es.yaml` fine-tuned 400 updates on 2,000 random "
-                 "pairs (10,000 pairs: 800 updates, `python bench/pretrain.py`) from scratch and from each; test "
-                 "BLEU / chrF with beam 4 on all 1,000 test verses (bench/pretrain.py). The fine-tuning takes "
+                 "pairs from scratch and from each (10,000 pairs, the same 400 updates: `python bench/pretrain.py`); "
+                 "test BLEU / chrF with beam 4 on all 1,000 test verses (bench/pretrain.py). The fine-tuning takes "
                  "about 45 minutes with two side by side.",
-        "command": "python bench/claims.py pretraining",
         "table": md_table(["pairs", "start", "fine-tuning updates", "BLEU", "chrF", "gain over scratch"], rows),
         "figure": save(fig, "pretraining"),
         "verdict": f"**{verdict}** with 2,000 pairs: T5-pretrained {small[0]:+.2f} BLEU, BART-pretrained "
@@ -409,7 +404,6 @@ def decoder_only(args) -> dict:
                  "Transformer over `source <bos> target`, sized to the same parameter count), the same "
                  "minutes side by side, one thread each, one vocabulary (bench/families.py); greedy test "
                  "decoding; WER % by word length in letters.",
-        "command": "python bench/claims.py decoder-only",
         "table": md_table(["system", "parameters", "minutes", "updates", "training target tokens/s", "WER %",
                            "PER %", "words/s", *(f"{b} letters" for b in names)], table),
         "figure": line_figure("decoder-only", names, series, "word length (letters)", "WER % (test, greedy)"),
@@ -426,10 +420,15 @@ CLAIMS = {"fixed-context": fixed_context, "beam": beam, "exposure-bias": exposur
 def section(name: str, r: dict, minutes: float | None) -> str:
     fig = Path(r["figure"]).relative_to(DOC.parent)
     return (f"<!-- claim: {name} -->\n## {r['title']}\n\n{r['claim']}\n\n**Experiment.** {r['setup']}\n\n"
-            f"```\n{r['command']}\n```\n\n{r['table']}\n\n![{name}]({fig})\n\n{r['verdict']}\n\n"
+            f"```\n{command()}\n```\n\n{r['table']}\n\n![{name}]({fig})\n\n{r['verdict']}\n\n"
             f"Machine: {machine()}; " + ("table and figure redrawn from the runs already there (`--no-train`)."
                                          if minutes is None else f"this rerun took {minutes:.0f} minutes.") +
             f"\n<!-- end: {name} -->\n")
+
+
+def command() -> str:
+    """The command as run, --no-train left out."""
+    return " ".join(["python bench/claims.py", *(a for a in sys.argv[1:] if a != "--no-train")])
 
 
 def write_doc(name: str, text: str) -> None:

@@ -92,7 +92,7 @@ def quality(task: str, hyps: list[str], refs: list[list[str]]) -> dict:
         r = error_rates([h.split() for h in hyps], [[x.split() for x in rs] for rs in refs])
         return {"WER %": 100 * r["wer"], "PER %": 100 * r["per"]}
     r = sacrebleu_scores(hyps, refs)
-    return {"BLEU": r["bleu"], "chrF": r["chrf"]}
+    return {"BLEU": r["bleu"], "chrF": r["chrf"], "length ratio": r["length_ratio"]}
 
 
 def evaluate(comparison: str, name: str, threads: int) -> list[dict]:
@@ -132,7 +132,7 @@ def main() -> None:
             list(pool.map(lambda nc: train(args.comparison, *nc, args), systems.items()))
     rows = [r for name in systems for r in evaluate(args.comparison, name, args.threads)]
     (OUT / args.comparison / "results.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    metrics = [k for k in rows[0] if k in ("WER %", "PER %", "BLEU", "chrF")]
+    metrics = [k for k in rows[0] if k in ("WER %", "PER %", "BLEU", "chrF", "length ratio")]
     print(f"\n{args.comparison}: {rows[0]['minutes']:g} minutes each, side by side, one thread each\n")
     print("| system | decoding | parameters | updates | training target tokens/s | " + " | ".join(metrics) +
           " | test inputs/s |\n" + "|---" * (6 + len(metrics)) + "|")

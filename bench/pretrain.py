@@ -106,7 +106,7 @@ def _head(path: Path, n: int) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", default="2000,10000", help="fine-tuning set sizes")
-    p.add_argument("--steps", default="2000:400,10000:800", help="fine-tuning updates per size, SIZE:STEPS,...")
+    p.add_argument("--steps", default="2000:400,10000:400", help="fine-tuning updates per size, SIZE:STEPS,...")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, help="threads per training")

@@ -503,7 +503,8 @@ def _evaluate(args) -> None:
             raise cw.ConfigError("--score HYP takes --ref REF (one or more) and no --model or --data")
         report = {"hypotheses": args.score, "references": args.ref, **cw.score_files(args.score, args.ref)}
         print(f"{report['n']} lines of {args.score} against {len(args.ref)} reference file(s): BLEU "
-              f"{report['bleu']:.2f}, chrF {report['chrf']:.2f}, TER {report['ter']:.2f}\n  WER "
+              f"{report['bleu']:.2f} (length ratio {report['length_ratio']:.3f}), chrF {report['chrf']:.2f}, TER "
+              f"{report['ter']:.2f}\n  WER "
               f"{100 * report['wer']:.2f}%, CER {100 * report['cer']:.2f}%, exact match "
               f"{100 * report['exact_match']:.2f}% (whitespace tokens)\n  BLEU signature "
               f"{report['signatures']['bleu']}")

@@ -134,8 +134,9 @@ def sacrebleu_available() -> bool:
 
 def sacrebleu_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict:
     """Corpus BLEU, chrF and TER of detokenized text through sacrebleu (default settings: 13a tokenization,
-    mixed case), with their signatures. refs[i] lists the references of hyps[i]; inputs with fewer references
-    repeat their first, which changes none of the three scores (each takes the best match over references)."""
+    mixed case), with their signatures and BLEU's length ratio (output tokens / closest reference tokens).
+    refs[i] lists the references of hyps[i]; inputs with fewer references repeat their first, which changes none
+    of the three scores (each takes the best match over references)."""
     try:
         from sacrebleu.metrics import BLEU, CHRF, TER
     except ImportError as e:
@@ -145,8 +146,11 @@ def sacrebleu_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict
     streams = [[r[k] if k < len(r) else r[0] for r in refs] for k in range(width)]
     out: dict = {"signatures": {}}
     for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
-        out[name] = metric.corpus_score(list(hyps), streams).score
+        result = metric.corpus_score(list(hyps), streams)
+        out[name] = result.score
         out["signatures"][name] = str(metric.get_signature())
+        if name == "bleu":  # BLEU's output / reference length (13a tokens; its brevity penalty starts below 1)
+            out["length_ratio"] = result.sys_len / max(result.ref_len, 1)
     return out
 
 

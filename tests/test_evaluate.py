@@ -35,6 +35,7 @@ def test_scores_equal_the_sacrebleu_command_line(tmp_path):
     assert round(ours["ter"], 4) == theirs["TER"]["score"]
     assert ours["signatures"]["bleu"] == theirs["BLEU"]["signature"]
     assert ours["signatures"]["chrf"] == theirs["chrF2"]["signature"]
+    assert round(ours["length_ratio"], 3) == float(theirs["BLEU"]["verbose_score"].split("ratio = ")[1].split()[0])
 
 
 def test_several_references_and_padding_by_repetition():
@@ -56,5 +57,6 @@ def test_different_line_counts_are_refused(tmp_path, capsys):
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "score.json").read_text())
     assert report["bleu"] > 0 and "nrefs:1" in report["signatures"]["bleu"]
-    assert out.startswith(f"4 lines of {hyp} against 1 reference file(s): BLEU {report['bleu']:.2f}, chrF")
+    assert out.startswith(f"4 lines of {hyp} against 1 reference file(s): BLEU {report['bleu']:.2f} "
+                          f"(length ratio {report['length_ratio']:.3f}), chrF")
     assert "nrefs:1" in out and len(out.splitlines()) == 3
