@@ -13,7 +13,7 @@ kept) and docs/claims/NAME.png. Not a test.
 Runs live in bench/out/claims/runs (G2P and Bible) or in the benchmark a claim reuses (bench/segment.py,
 bench/pretrain.py, bench/families.py); a finished run is reused, so `exposure-bias` trains only its scheduled-
 sampling run when `fixed-context` has trained the teacher-forced one. Every training uses one thread; two run
-side by side where a claim has two.
+side by side where a claim has two (--jobs).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ OUT = ROOT / "bench/out/claims"
 DOC = ROOT / "docs/claims.md"
 FIGURES = ROOT / "docs/claims"
 BIBLE = ROOT.parent / "shared/data/bible"
-G2P_STEPS = 1500  # updates per G2P run (fixed-context, exposure-bias): equal updates, not equal time
+G2P_STEPS = 1000  # updates per G2P run (fixed-context, exposure-bias): equal updates, not equal time
 G2P_RUNS = {  # run name -> (config, overrides)
     "g2p-fixed-context": ("configs/g2p_rnn.yaml", ["model.attention=none"]),
     "g2p-attention": ("configs/g2p_rnn.yaml", ["model.attention=bahdanau"]),
@@ -79,11 +79,11 @@ def finished(run: Path) -> bool:
                                                     for r in families.records(run, "stop"))
 
 
-def train_runs(runs: dict[str, tuple[str, list[str]]], extra: list[str], no_train: bool) -> dict[str, Path]:
-    """Train (two side by side, one thread each) the runs not yet finished; {name: run dir}."""
+def train_runs(runs: dict[str, tuple[str, list[str]]], extra: list[str], args) -> dict[str, Path]:
+    """Train the runs not yet finished (--jobs side by side, one thread each); {name: run dir}."""
     dirs = {name: OUT / "runs" / name for name in runs}
     todo = [n for n in runs if not finished(dirs[n])]
-    if todo and no_train:
+    if todo and args.no_train:
         raise SystemExit(f"--no-train: no finished run in {', '.join(str(dirs[n]) for n in todo)}")
 
     def one(name: str) -> None:
@@ -96,7 +96,7 @@ def train_runs(runs: dict[str, tuple[str, list[str]]], extra: list[str], no_trai
             subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
 
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, todo))
     return dirs
 
@@ -106,10 +106,10 @@ def g2p_data() -> None:
         subprocess.run([sys.executable, "-m", "crossway", "data", "g2p", str(ROOT / "data/g2p")], check=True, cwd=ROOT)
 
 
-def g2p_runs(names: list[str], no_train: bool) -> dict[str, Path]:
+def g2p_runs(names: list[str], args) -> dict[str, Path]:
     g2p_data()
     return train_runs({n: G2P_RUNS[n] for n in names}, [f"train.max_steps={G2P_STEPS}", "train.max_minutes=0",
-                                                        "train.max_epochs=1000", "train.patience=1000"], no_train)
+                                                        "train.max_epochs=1000", "train.patience=1000"], args)
 
 
 def summary(run: Path) -> dict:
@@ -154,7 +154,7 @@ def save(fig, name: str) -> Path:
 
 
 def fixed_context(args) -> dict:
-    runs = g2p_runs(["g2p-fixed-context", "g2p-attention"], args.no_train)
+    runs = g2p_runs(["g2p-fixed-context", "g2p-attention"], args)
     rows, series = [], {}
     for label, name in (("fixed context vector", "g2p-fixed-context"), ("Bahdanau attention", "g2p-attention")):
         s = summary(runs[name])
@@ -190,9 +190,8 @@ def fixed_context(args) -> dict:
 
 
 def beam(args) -> dict:
-    run = Path(args.run) if args.run else train_runs(
-        {"bible-transformer": ("configs/bible_en_es.yaml", [])}, [f"train.max_minutes={args.minutes}"],
-        args.no_train)["bible-transformer"]
+    run = Path(args.run) if args.run else train_runs({"bible-transformer": ("configs/bible_en_es.yaml", [])},
+                                                     [f"train.max_minutes={args.minutes}"], args)["bible-transformer"]
     s = summary(run)
     loaded = s["loaded"]
     test = OUT / f"bible_test_{args.limit}.tsv"
@@ -255,7 +254,7 @@ def beam(args) -> dict:
 
 
 def exposure_bias(args) -> dict:
-    runs = g2p_runs(["g2p-attention", "g2p-scheduled-sampling"], args.no_train)
+    runs = g2p_runs(["g2p-attention", "g2p-scheduled-sampling"], args)
     names = [f"{lo}" if lo == hi else f"{lo}-{hi}" if hi < 99 else f"{lo}+" for lo, hi in POSITIONS]
     rows, series = [], {}
     for label, name in (("teacher forcing", "g2p-attention"),
@@ -452,6 +451,7 @@ def main() -> None:
     p.add_argument("--run", default="", help="beam: decode this run instead of training one")
     p.add_argument("--limit", type=int, default=500, help="beam: test verses decoded")
     p.add_argument("--steps", type=int, default=1000, help="skips: updates per network")
+    p.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each")
     args = p.parse_args()
     cw.set_threads(1)
     t0 = time.monotonic()
