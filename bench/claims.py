@@ -120,8 +120,8 @@ def summary(run: Path) -> dict:
 
 
 def greedy_test(loaded: cw.LoadedModel):
-    return cw.evaluate_file(loaded, loaded.config.data.test, dataclasses.replace(loaded.config.decode,
-                                                                                 strategy="greedy"))
+    return cw.evaluate_file(loaded, str(ROOT / loaded.config.data.test),
+                            dataclasses.replace(loaded.config.decode, strategy="greedy"))
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
@@ -194,6 +194,9 @@ def beam(args) -> dict:
                                                      [f"train.max_minutes={args.minutes}"], args)["bible-transformer"]
     s = summary(run)
     loaded = s["loaded"]
+    model = (f"the run `{args.run}` ({s['updates']:,} updates)" if args.run else
+             f"`configs/bible_en_es.yaml` (Transformer, about 7.6M parameters) trained {s['minutes']:.0f} minutes "
+             f"on one thread ({s['updates']:,} updates; `--minutes`; `--run RUN` decodes another run)")
     test = OUT / f"bible_test_{args.limit}.tsv"
     test.parent.mkdir(parents=True, exist_ok=True)
     test.write_text("".join(x + "\n" for x in (BIBLE / "test.tsv").read_text(encoding="utf-8").splitlines()
@@ -238,9 +241,7 @@ def beam(args) -> dict:
         "claim": "Sutskever et al. (2014) and every NMT system since decode with a small beam; raw log-probability "
                  "favours short hypotheses, so wider beams give shorter outputs unless scores are normalised "
                  "for length (Wu et al. 2016's penalty ((5 + |Y|) / 6)^alpha; Koehn & Knowles 2017).",
-        "setup": f"Bible en->es: `configs/bible_en_es.yaml` (Transformer, about 7.6M parameters) trained "
-                 f"{s['minutes']:.0f} minutes on one thread ({s['updates']:,} updates; `--minutes`), or any run "
-                 f"given with `--run`; the first {args.limit} test verses decoded greedily and with beams of "
+        "setup": f"Bible en->es: {model}; the first {args.limit} test verses decoded greedily and with beams of "
                  f"{', '.join(map(str, BEAMS[1:]))}, length penalty alpha 0 (raw log-probability) and 1, one "
                  f"thread. Length ratio: sacrebleu's output / reference length (BLEU's brevity penalty starts "
                  f"below 1).",
