@@ -90,7 +90,7 @@ def train_runs(runs: dict[str, tuple[str, list[str]]], extra: list[str], args) -
         config, overrides = runs[name]
         cmd = [sys.executable, "-m", "crossway", "train", str(ROOT / config), *overrides, *extra,
                f"train.out_dir={dirs[name]}", "train.threads=1", "train.progress=false", "train.keep_checkpoints=0",
-               "--overwrite"]
+               "--resume" if (dirs[name] / "last").exists() else "--overwrite"]  # an interrupted run goes on
         dirs[name].parent.mkdir(parents=True, exist_ok=True)
         with open(dirs[name].parent / f"{name}.log", "w") as log:
             subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
