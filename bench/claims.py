@@ -178,8 +178,8 @@ def fixed_context(args) -> dict:
         "setup": f"G2P on CMUdict (test split, 6,284 words; `crossway data g2p data/g2p`): `configs/g2p_rnn.yaml` "
                  f"with `model.attention=none` and `=bahdanau` (bi-LSTM 1 x 192, LSTM decoder 384), "
                  f"**{G2P_STEPS:,} updates each** (equal updates, not equal time: the fixed-context model is "
-                 f"about twice as fast per update), side by side, one thread each; greedy decoding of the best "
-                 f"validation checkpoint. WER % by word length in letters.",
+                 f"about twice as fast per update), one thread each (two side by side with the default "
+                 f"`--jobs 2`); greedy decoding of the best validation checkpoint. WER % by word length in letters.",
         "table": md_table(["system", "parameters", "updates", "minutes", "WER %", "PER %",
                            *(f"{b} letters" for b in names)], rows),
         "figure": line_figure("fixed-context", names, series, "word length (letters)", "WER % (test, greedy)"),
@@ -422,7 +422,8 @@ def section(name: str, r: dict, minutes: float | None) -> str:
     return (f"<!-- claim: {name} -->\n## {r['title']}\n\n{r['claim']}\n\n**Experiment.** {r['setup']}\n\n"
             f"```\n{command()}\n```\n\n{r['table']}\n\n![{name}]({fig})\n\n{r['verdict']}\n\n"
             f"Machine: {machine()}; " + ("table and figure redrawn from the runs already there (`--no-train`)."
-                                         if minutes is None else f"this rerun took {minutes:.0f} minutes.") +
+                                         if minutes is None else f"this command took {minutes:.0f} minutes "
+                                         "(finished runs are reused, interrupted ones resumed).") +
             f"\n<!-- end: {name} -->\n")
 
 
