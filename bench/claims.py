@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 import crossway as cw
-from crossway.metrics import closest, position_errors
+from crossway.metrics import edit_distance, position_errors
+from crossway.plots import _pyplot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import families  # noqa: E402  (bench/families.py: shared length buckets, quality and run records)
@@ -62,12 +63,6 @@ one figure and whether it reproduced. `python bench/claims.py NAME` reruns one a
 with the rule stated beside them; small budgets make small models, so a claim that did not reproduce here says so
 rather than being tuned until it does.
 """
-
-
-def plot():
-    from crossway.plots import _pyplot
-
-    return _pyplot()
 
 
 def machine() -> str:
@@ -130,7 +125,7 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 
 def line_figure(name: str, xs: list[str], series: dict[str, list[float]], xlabel: str, ylabel: str) -> Path:
-    plt = plot()
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for label, ys in series.items():
         ax.plot(range(len(xs)), ys, marker="o", label=label)
@@ -201,8 +196,6 @@ def beam(args) -> dict:
     test.parent.mkdir(parents=True, exist_ok=True)
     test.write_text("".join(x + "\n" for x in (BIBLE / "test.tsv").read_text(encoding="utf-8").splitlines()
                             [:args.limit + 1]), encoding="utf-8")
-    from sacrebleu.metrics import BLEU
-
     rows, series = [], {"BLEU, length penalty 0": [], "BLEU, length penalty 1": []}
     ratios = {"length penalty 0": [], "length penalty 1": []}
     for k in BEAMS:
@@ -216,13 +209,12 @@ def beam(args) -> dict:
             t0 = time.perf_counter()
             ev = cw.evaluate_file(loaded, str(test), cfg)
             seconds = time.perf_counter() - t0
-            b = BLEU().corpus_score(ev.hypotheses, [[r[0] for r in ev.references]])
-            ratio = b.sys_len / b.ref_len
-            series[f"BLEU, length penalty {lp:g}"].append(b.score)
+            bleu, ratio = ev.metrics["bleu"], ev.metrics["length_ratio"]
+            series[f"BLEU, length penalty {lp:g}"].append(bleu)
             ratios[f"length penalty {lp:g}"].append(ratio)
-            rows.append(["greedy" if k == 1 else f"beam {k}", "-" if k == 1 else f"{lp:g}", f"{b.score:.2f}",
+            rows.append(["greedy" if k == 1 else f"beam {k}", "-" if k == 1 else f"{lp:g}", f"{bleu:.2f}",
                          f"{ev.metrics['chrf']:.2f}", f"{ratio:.3f}", f"{len(ev.sources) / seconds:.1f}"])
-    plt = plot()
+    plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, data, ylabel in ((a1, series, "BLEU (test)"), (a2, ratios, "output length / reference length")):
         for label, ys in data.items():
@@ -265,7 +257,7 @@ def exposure_bias(args) -> dict:
         wrong, seen = [0] * len(POSITIONS), [0] * len(POSITIONS)
         for h, refs in zip(ev.hypotheses, ev.references, strict=True):
             hyp = h.split()
-            ref = min((r.split() for r in refs), key=lambda r: closest(hyp, [r])[0])
+            ref = min((r.split() for r in refs), key=lambda r: edit_distance(hyp, r))
             for pos, bad in enumerate(position_errors(hyp, ref), start=1):
                 b = next(k for k, (lo, hi) in enumerate(POSITIONS) if lo <= pos <= hi)
                 wrong[b], seen[b] = wrong[b] + bad, seen[b] + 1
@@ -353,7 +345,7 @@ def pretraining(args) -> dict:
         for s, r in sc.items():
             rows.append([f"{n:,}", s, r["steps"], f"{r['bleu']:.2f}", f"{r['chrf']:.2f}",
                          "" if s == "scratch" else f"{r['bleu'] - sc['scratch']['bleu']:+.2f}"])
-    plt = plot()
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     width = 0.8 / len(bars)
     for i, (n, ys) in enumerate(bars.items()):
@@ -362,8 +354,7 @@ def pretraining(args) -> dict:
                                                                         "BART-pretrained"])
     ax.set_ylabel("BLEU (test, beam 4)")
     ax.legend(fontsize=8)
-    gains = {n: (ys[1] - ys[0], ys[2] - ys[0]) for n, ys in bars.items()}
-    small = gains[2000]
+    small = (bars[2000][1] - bars[2000][0], bars[2000][2] - bars[2000][0])  # T5's and BART's gains, 2,000 pairs
     verdict = ("reproduced" if min(small) > 0 else "partly reproduced" if max(small) > 0 else "not reproduced")
     return {
         "title": "Denoising pretraining helps low-resource fine-tuning",

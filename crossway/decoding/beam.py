@@ -75,7 +75,6 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
         step_attn = state.get("attn").float() if cfg.return_attention and "attn" in state else None
         if beta > 0:
             coverage = _coverage(coverage, state, memory["mask"], K)  # this step included
-        cover = coverage_penalty(coverage, beta) if coverage is not None else None  # (rows,)
         # eos among the K best candidates finishes a hypothesis (at most K of the 2K can be eos: one per beam);
         # under the hf rules, at the length limit the K best candidates all finish
         is_eos = tok == EOS_ID
@@ -86,10 +85,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
             attn = _attention(history, step_attn, row)
             score, eos = float(top_scores[i, j]), bool(is_eos[i, j])
             toks = tokens[row].tolist() + ([] if eos else [int(tok[i, j])])
-            normalized = score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)
-            if cover is not None:
-                normalized += float(cover[row])
-            finished[int(sent[i])].append(Hypothesis(toks, score, eos, attn, normalized))
+            finished[int(sent[i])].append(Hypothesis(toks, score, eos, attn, _normalized(score, t, coverage, row,
+                                                                                         cfg)))
         # the K best candidates that are not eos continue
         scores, order = top_scores.masked_fill(is_eos, NEG_INF).topk(K, dim=1)  # (Ba, K)
         rows = (torch.arange(Ba, device=device).unsqueeze(1) * K + beam.gather(1, order)).view(-1)
@@ -171,7 +168,13 @@ def _add_unfinished(fin: list[Hypothesis], scores: Tensor, tokens: Tensor, histo
             continue
         row = i * K + k
         attn = history[row] if history is not None else None
-        normalized = score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)
-        if coverage is not None:
-            normalized += float(coverage_penalty(coverage[row], cfg.coverage_penalty))
-        fin.append(Hypothesis(tokens[row].tolist(), score, False, attn, normalized))
+        fin.append(Hypothesis(tokens[row].tolist(), score, False, attn, _normalized(score, t, coverage, row, cfg)))
+
+
+def _normalized(score: float, t: int, coverage: Tensor | None, row: int, cfg: DecodeConfig) -> float:
+    """The score a hypothesis finishing at step t is ranked by: length-penalised, plus the coverage penalty of
+    its row's attention sums (coverage (rows, M)) when that is on; computed only for the rows that finish."""
+    normalized = score / length_penalty(t + 1, cfg.length_penalty, cfg.beam_rules)
+    if coverage is not None:
+        normalized += float(coverage_penalty(coverage[row], cfg.coverage_penalty))
+    return normalized
