@@ -69,15 +69,10 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} vCPUs, torch {torch.__version__}, {datetime.date.today()}"
 
 
-def finished(run: Path) -> bool:
-    return (run / "metrics.jsonl").exists() and any("received" not in r["reason"]
-                                                    for r in families.records(run, "stop"))
-
-
 def train_runs(runs: dict[str, tuple[str, list[str]]], extra: list[str], args) -> dict[str, Path]:
     """Train the runs not yet finished (--jobs side by side, one thread each); {name: run dir}."""
     dirs = {name: OUT / "runs" / name for name in runs}
-    todo = [n for n in runs if not finished(dirs[n])]
+    todo = [n for n in runs if not families.finished(dirs[n])]
     if todo and args.no_train:
         raise SystemExit(f"--no-train: no finished run in {', '.join(str(dirs[n]) for n in todo)}")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import crossway as cw
 from crossway.data.text import read_corpus
 from crossway.metrics import error_rates, sacrebleu_scores
+from crossway.plots import read_metrics
 from crossway.tasks.text import build_codecs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +72,13 @@ def train(comparison: str, name: str, config: str, args) -> None:
 
 
 def records(run: Path, kind: str) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
+    """The run's metrics.jsonl records of one type (train, valid, stop)."""
+    return [r for r in read_metrics(run) if r["type"] == kind]
+
+
+def finished(run: Path) -> bool:
+    """The run stopped on its own (a limit or early stopping), not by a signal."""
+    return (run / "metrics.jsonl").exists() and any("received" not in r["reason"] for r in records(run, "stop"))
 
 
 def buckets(task: str, sources: list[list[str]]) -> list[tuple[str, list[int]]]:

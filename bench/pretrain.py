@@ -32,6 +32,9 @@ import crossway as cw
 from crossway.data.text import iter_lines
 from crossway.inference import set_threads
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from families import finished, records  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BIBLE = ROOT.parent / "shared/data/bible"
 OUT = ROOT / "bench/out/pretrain"
@@ -40,8 +43,7 @@ SYSTEMS = ("scratch", "t5", "bart")
 
 def pretrain(objective: str, threads: int) -> Path:
     run = ROOT / f"runs/pretrain-{objective}"
-    finished = (run / "metrics.jsonl").exists() and any("received" not in r["reason"] for r in records(run, "stop"))
-    if not finished:  # missing, or stopped by a signal: (re)start or resume it
+    if not finished(run):  # missing, or stopped by a signal: (re)start or resume it
         resume = ["--resume"] if (run / "last").exists() else ["--overwrite"]
         subprocess.run([sys.executable, "-m", "crossway", "train", str(ROOT / f"configs/pretrain_{objective}.yaml"),
                         f"train.threads={threads}", "train.progress=false", *resume], check=True, cwd=ROOT)
@@ -76,10 +78,6 @@ def finetune(system: str, n: int, train_file: Path, steps: int, args) -> Path:
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                        env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     return out
-
-
-def records(run: Path, kind: str) -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
 
 
 def score(run: Path, args) -> dict:
