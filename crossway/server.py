@@ -71,7 +71,7 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000  # 413 above this, before the body is read
     max_inputs: int = 64  # inputs per request
     max_input_tokens: int = 0  # tokens per input; 0 = the model's data.max_src_len
-    max_output_tokens: int = 512  # a * longest input + b may not exceed this (nor the model's positions)
+    max_output_tokens: int = 512  # a * longest input + b may not exceed this (search stops at the model's positions)
     max_beam_size: int = 16
     max_queue: int = 64  # requests queued or decoding; 429 beyond
     max_batch_inputs: int = 64  # inputs per model call
@@ -135,7 +135,6 @@ class Engine:
         self.rescorers, self.weights = list(rescorers), None if weights is None else list(weights)
         cfg = loaded.config
         self.max_src_len = cfg.data.max_src_len
-        self.max_positions = getattr(cfg.model, "max_positions", None)  # the Transformer's position table
 
     @classmethod
     def load(cls, run: str | Path, cfg: ServeConfig = ServeConfig(), weights: bool = True) -> Engine:
@@ -596,12 +595,9 @@ async def _text_engine(request: Request) -> Engine:
 
 
 def _limits(cfg: ServeConfig, engine: Engine) -> dict:
-    out_cap = cfg.max_output_tokens
-    if engine.max_positions:
-        out_cap = min(out_cap, engine.max_positions)
     return {"max_inputs": cfg.max_inputs, "max_input_tokens": cfg.max_input_tokens or engine.max_src_len,
-            "max_output_tokens": out_cap, "max_beam_size": cfg.max_beam_size, "max_body_bytes": cfg.max_body_bytes,
-            "timeout_s": cfg.timeout_s}
+            "max_output_tokens": cfg.max_output_tokens, "max_beam_size": cfg.max_beam_size,
+            "max_body_bytes": cfg.max_body_bytes, "timeout_s": cfg.timeout_s}
 
 
 def _check(req, engine: Engine, cfg: ServeConfig) -> tuple[DecodeConfig, float]:

@@ -41,7 +41,7 @@ from crossway.decoding.common import (
     trim_attention,
 )
 from crossway.errors import ConfigError
-from crossway.models.interface import Seq2Seq, select_batch
+from crossway.models.interface import Seq2Seq, select_batch, target_limits
 
 NEG_INF = float("-inf")
 
@@ -53,7 +53,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConfig
     B, K, device = src.size(0), cfg.beam_size, src.device
     memory = model.encode(src, src_mask)  # one row per sentence, for its K rows
     lengths = memory_lengths(memory)
-    limits = max_lengths(lengths, cfg)  # (B,)
+    limits = max_lengths(lengths, cfg, target_limits(model, memory))  # (B,)
     sent = torch.arange(B)  # original index of each active sentence
     scores = torch.full((B, K), NEG_INF, device=device)
     scores[:, 0] = 0.0  # one live beam per sentence at the start

@@ -76,9 +76,11 @@ def memory_lengths(memory: dict[str, Tensor]) -> Tensor:
     return memory["mask"].sum(1).cpu()
 
 
-def max_lengths(lengths: Tensor, cfg: DecodeConfig) -> Tensor:
-    """(B,) the most tokens each row may produce, eos included: a * memory length + b."""
-    return (lengths.float() * cfg.max_len_a).long() + cfg.max_len_b
+def max_lengths(lengths: Tensor, cfg: DecodeConfig, model_limits: Tensor | None = None) -> Tensor:
+    """(B,) the most tokens each row may produce, eos included: a * memory length + b, and no more than the
+    model's position table allows (`model_limits` (B,), crossway.models.interface.target_limits)."""
+    limits = (lengths.float() * cfg.max_len_a).long() + cfg.max_len_b
+    return limits if model_limits is None else torch.minimum(limits, model_limits.cpu())
 
 
 def trim_attention(hyps: list[Hypothesis], length: int) -> None:

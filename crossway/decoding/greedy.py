@@ -18,7 +18,7 @@ from crossway.decoding.common import (
     step_log_probs,
     top_log_probs,
 )
-from crossway.models.interface import Seq2Seq, select_batch
+from crossway.models.interface import Seq2Seq, select_batch, target_limits
 
 
 def filter_top_k_top_p(logp: Tensor, top_k: int, top_p: float) -> Tensor:
@@ -49,7 +49,7 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_mask: Tensor, cfg: DecodeConf
     B, device = src.size(0), src.device
     memory = model.encode(src, src_mask)
     lengths = memory_lengths(memory)
-    limits = max_lengths(lengths, cfg)
+    limits = max_lengths(lengths, cfg, target_limits(model, memory))
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.strategy == "sample" else None
     active = torch.arange(B)
     tokens = torch.empty(B, 0, dtype=torch.long, device=device)  # (B, t) output so far, for processors

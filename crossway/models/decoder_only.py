@@ -162,6 +162,10 @@ class DecoderOnly(nn.Module):
         memory["bias"] = k.new_zeros(B, 1, 1, S).masked_fill(~src_mask[:, None, None], -math.inf)
         return memory
 
+    def max_target_tokens(self, memory: Memory) -> Tensor:
+        """(B,) the positions left after each row's source (output step t reads position source length + t)."""
+        return self.cfg.max_positions - memory["len"].cpu()
+
     def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None,
                     attention: bool = False) -> tuple[Tensor, State]:
         """prev (B,) -> logits (B, V); with attention=True state["attn"] (B, layers, H, S): the source part of each

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from crossway.models.interface import Memory, State
+from crossway.models.interface import Memory, State, target_limits
 
 
 def _merge(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -57,6 +57,11 @@ class Ensemble(nn.Module):
             B = prev_tokens.size(0)
             new["attn"] = torch.stack([s["attn"].reshape(B, -1, s["attn"].size(-1)).mean(1) for s in states]).mean(0)
         return _log_mean_exp(log_probs), new
+
+    def max_target_tokens(self, memory: Memory) -> Tensor | None:
+        """The tightest of the members' limits (None when no member has one)."""
+        limits = [x for j, m in enumerate(self.members) if (x := target_limits(m, _part(memory, j))) is not None]
+        return torch.stack(limits).amin(0) if limits else None
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, features: bool = False) -> Tensor:
         """Teacher-forced log mean probabilities (B, T, V); there are no shared features to return."""

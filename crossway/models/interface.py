@@ -17,6 +17,11 @@ Grouped rows: `decode_step` may decode G times as many rows as memory has (G = r
 g*G .. g*G + G - 1 decode against memory row g. Beam search passes one memory row per sentence and its K beams
 as rows, so a source is stored and read once per step, not K times; greedy search and sampling use G = 1.
 
+Position limits: a model whose decoder has a table of positions may say how many tokens each row can produce,
+with the optional method `max_target_tokens(memory) -> (B,)` long on the CPU (eos included; the Transformer its
+`max_positions`, a decoder-only model its `max_positions` less the row's source). Search stops a row there as it
+does at a * memory + b: the hypothesis is returned unfinished. Models without the method have no such limit.
+
 Attention: asked with `decode_step(..., attention=True)`, models that attend put the step's attention weights,
 (B, S) or (B, heads, S) or (B, layers, heads, S), under `state["attn"]`; otherwise they may leave them out (the
 Transformer then runs fused attention and keeps no weights). Search asks only when
@@ -65,6 +70,13 @@ def auxiliary_loss(model: nn.Module) -> Tensor | None:
     without one (an optional method of the protocol)."""
     term = getattr(model, "auxiliary_loss", None)
     return term() if term is not None else None
+
+
+def target_limits(model: nn.Module, memory: Memory) -> Tensor | None:
+    """(B,) the most tokens each memory row's output may have under the model's position table (eos included), or
+    None for a model without one (an optional method of the protocol, `max_target_tokens`)."""
+    limit = getattr(model, "max_target_tokens", None)
+    return limit(memory) if limit is not None else None
 
 
 def check_sizes(section: str, cfg, positive: tuple[str, ...], probabilities: tuple[str, ...]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from crossway.models.interface import Memory, State, auxiliary_loss
+from crossway.models.interface import Memory, State, auxiliary_loss, target_limits
 
 
 class Prompted(nn.Module):
@@ -38,6 +38,11 @@ class Prompted(nn.Module):
         if self.suppress.numel():
             logits.index_fill_(1, self.suppress.to(logits.device), float("-inf"))
         return logits, state
+
+    def max_target_tokens(self, memory: Memory) -> Tensor | None:
+        """The wrapped model's limit less the prompt, which takes positions and is never returned."""
+        limits = target_limits(self.model, memory)
+        return None if limits is None else limits - self.prompt.numel()
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, features: bool = False) -> Tensor:
         """tgt_in (B, T) = bos + output -> (B, T, V) (or features): the prompt is read between bos and the

@@ -277,6 +277,12 @@ class Transformer(nn.Module):
                                                                                                        a.v_proj))
         return memory
 
+    def max_target_tokens(self, memory: Memory) -> Tensor | None:
+        """(B,) the decoder's position table (step t reads position t); None with relative positions (T5)."""
+        if self.cfg.positions == "relative":
+            return None
+        return torch.full((memory["mask"].size(0),), self.cfg.max_positions, dtype=torch.long)
+
     def decode_step(self, prev_tokens: Tensor, memory: Memory, state: State | None,
                     attention: bool = False) -> tuple[Tensor, State]:
         """With attention=True, also the cross-attention weights (B, L, H, S) under state["attn"], computed

@@ -71,3 +71,30 @@ def test_mean_attention_averages_layers_and_heads():
     assert torch.allclose(mean_attention(attn), attn.mean((1, 2)))
     assert torch.allclose(mean_attention(attn[:, 0]), attn[:, 0].mean(1))
     assert torch.equal(mean_attention(attn[:, 0, 0]), attn[:, 0, 0])
+
+
+def _position_limited_models():
+    """(name, model, the most tokens each row of test_search_stops_at_the_models_positions's batch can produce)."""
+    from crossway.models import DecoderOnlyConfig, TransformerConfig, build_decoder_only, build_transformer
+    from crossway.models.ensemble import Ensemble
+    from crossway.models.prompted import Prompted
+    torch.manual_seed(0)
+    dec_only = build_decoder_only(DecoderOnlyConfig(d_model=16, heads=2, ff_dim=32, layers=1, dropout=0.0,
+                                                    max_positions=9), 15, 13).eval()
+    tf = build_transformer(TransformerConfig(d_model=16, heads=2, ff_dim=32, enc_layers=1, dec_layers=1,
+                                             dropout=0.0, max_positions=7), 15, 13).eval()
+    return [("decoder-only", dec_only, [4, 6, 8]), ("transformer", tf, [7, 7, 7]),
+            ("prompted", Prompted(tf, [5, 6]), [5, 5, 5]), ("ensemble", Ensemble([dec_only, tf]), [4, 6, 7])]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_search_stops_at_the_models_positions(strategy):
+    """A model with a position table (the protocol's optional max_target_tokens) is decoded up to it and no
+    further, whatever max_len_a/b allow: the output is returned unfinished instead of failing mid-search."""
+    from crossway.decoding import decode
+    src = torch.tensor([[5, 6, 7, 8, 9], [4, 5, 6, 0, 0], [7, 0, 0, 0, 0]])  # 5, 3 and 1 source tokens
+    cfg = DecodeConfig(strategy=strategy, beam_size=3, max_len_a=0, max_len_b=60, min_len=60)  # eos banned
+    for name, model, limits in _position_limited_models():
+        hyps = [nbest[0] for nbest in decode(model, src, src != 0, cfg)]
+        assert [len(h.tokens) for h in hyps] == limits, name
+        assert not any(h.finished for h in hyps), name
