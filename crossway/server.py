@@ -264,6 +264,8 @@ class DecodeOptions(BaseModel):
     beam_size: int | None = Field(None, ge=1)
     n_best: int | None = Field(None, ge=1)
     length_penalty: float | None = Field(None, ge=0, le=10)
+    coverage_penalty: float | None = Field(None, ge=0, le=10, description="beam: GNMT's coverage penalty beta (0 "
+                                           "= off); a model without attention answers 422 invalid_options")
     max_len_a: float | None = Field(None, ge=0, le=100)
     max_len_b: int | None = Field(None, ge=0)
     min_len: int | None = Field(None, ge=0)
@@ -414,6 +416,8 @@ class ServerState:
         except DeadlineExceeded:
             raise RequestError(504, "deadline_exceeded", f"no result within the deadline of {timeout:g} s",
                                limit=timeout) from None
+        except ConfigError as e:  # options the model cannot decode with (jobs share a call only with equal options)
+            raise RequestError(422, "invalid_options", str(e), field="options") from None
 
 
 def create_app(load: Callable[[], AnyEngine], cfg: ServeConfig = ServeConfig()):

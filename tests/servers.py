@@ -15,6 +15,7 @@ from tests.conftest import reversal_rows, tiny_config, write_tsv
 
 MODELS = {
     "rnn": {"attention": "bahdanau", "cell": "gru", "emb_dim": 16, "hidden": 32, "dropout": 0.0},
+    "rnn-plain": {"attention": "none", "cell": "gru", "emb_dim": 16, "hidden": 32, "dropout": 0.0},
     "transformer": {"arch": "transformer", "d_model": 32, "heads": 4, "ff_dim": 64, "enc_layers": 2,
                     "dec_layers": 2, "dropout": 0.0},
 }

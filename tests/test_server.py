@@ -23,7 +23,7 @@ from crossway.graphone import GraphoneConfig, load_graphone, train_graphone_file
 from crossway.inference import translate
 from crossway.server import Engine, ServeConfig, create_app
 from crossway.training.checkpoint import load_checkpoint
-from tests.servers import free_port, running, wait_ready
+from tests.servers import free_port, running, train_run, wait_ready
 
 
 class HeldEngine(Engine):
@@ -112,6 +112,22 @@ def test_limits_are_422_naming_the_limit(rnn_server, body, code, field):
         assert err["field"] == field
     if code in ("too_many_inputs", "input_too_long", "beam_too_large"):
         assert str(err["limit"]) in err["message"]
+
+
+def test_coverage_penalty_is_a_request_option(rnn_server, tmp_path):
+    """Beam search's coverage penalty per request: decoded by a model with attention; a model without it answers
+    422 naming the option, and still serves requests without it."""
+    body = {"inputs": ["abcd", "hgf"], "options": {"strategy": "beam", "beam_size": 3, "coverage_penalty": 0.5}}
+    r = rnn_server.post("/v1/translate", json=body)
+    assert r.status_code == 200, r.text
+    assert [len(o["tokens"]) > 0 for o in r.json()["outputs"]] == [True, True]
+    plain = train_run(tmp_path, "rnn-plain", steps=5)
+    with running(create_app(lambda: Engine.load(plain))) as url, httpx.Client(base_url=url, timeout=30) as client:
+        wait_ready(client)
+        err = error_of(client.post("/v1/translate", json=body), 422)
+        assert err["code"] == "invalid_options" and err["field"] == "options" and "attention" in err["message"]
+        del body["options"]["coverage_penalty"]
+        assert client.post("/v1/translate", json=body).status_code == 200
 
 
 def test_malformed_json_and_non_json_bodies_are_422(rnn_server):

@@ -65,9 +65,12 @@ def test_translate_in_the_page_shows_output_and_heatmap(browser, served_runs, ar
             before = cell.get_attribute("data-weight")
             page.select_option("#head", "0")
             assert page.locator("#heatmap tbody tr:first-child td").nth(2).get_attribute("data-weight") != before
-        # beam with n-best: three outputs listed, clicking the second selects it
+        # beam with n-best and the coverage penalty (both models attend): three outputs listed, clicking the
+        # second selects it
+        assert page.is_visible("#coverage-control")
         page.select_option("#strategy", "beam")
         page.fill("#n_best", "3")
+        page.fill("#coverage_penalty", "0.3")
         page.click("#go")
         page.wait_for_function("document.querySelectorAll('ol.nbest li.output').length === 3")
         page.locator("ol.nbest li.output").nth(1).click()
