@@ -229,7 +229,7 @@ def add_caption_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> Non
             state.inflight -= 1
 
 
-async def _caption_engine(request: Request) -> CaptionEngine:  # as crossway.server._text_engine: 503 or 404 first
+async def _caption_engine(request: Request) -> CaptionEngine:  # as crossway.server_text._text_engine: 503 or 404 first
     return request.app.state.crossway.ready_engine("image_to_text")
 
 

@@ -57,7 +57,7 @@ class SegmentEngine:
 
     @classmethod
     def check_options(cls, run: str | Path, config: RunConfig, cfg: ServeConfig) -> None:
-        """`serve`'s check before the server starts (crossway.server.Engine.check_options for text runs)."""
+        """`serve`'s check before the server starts (crossway.server_text.TextEngine.check_options for text runs)."""
         _no_text_options(run, cfg)
 
     def run_batch(self, jobs: list[SegmentJob], key) -> list[dict]:
@@ -263,7 +263,7 @@ def add_segment_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> Non
             state.inflight -= 1
 
 
-async def _segment_engine(request: Request) -> SegmentEngine:  # as crossway.server._text_engine: 503 or 404 first
+async def _segment_engine(request: Request) -> SegmentEngine:  # as crossway.server_text._text_engine: 503 or 404 first
     return request.app.state.crossway.ready_engine("segmentation")
 
 

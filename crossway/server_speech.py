@@ -285,7 +285,7 @@ def add_transcribe_route(app: FastAPI, state: ServerState, cfg: ServeConfig) -> 
             state.inflight -= 1
 
 
-async def _speech_engine(request: Request) -> SpeechEngine:  # as crossway.server._text_engine: 503 or 404 first
+async def _speech_engine(request: Request) -> SpeechEngine:  # as crossway.server_text._text_engine: 503 or 404 first
     return request.app.state.crossway.ready_engine("speech")
 
 

@@ -20,7 +20,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from crossway.server import UNSTATED_LIMITS, Engine, ServeConfig, create_app
+from crossway.server import ServeConfig, create_app
+from crossway.server_text import UNSTATED_LIMITS, TextEngine
 from tests.servers import running, wait_ready
 
 # examples per operation and generation mode; `CROSSWAY_CONTRACT_EXAMPLES=500 pytest tests/test_contract.py` for
@@ -56,7 +57,7 @@ def valid_requests_accepted(ctx, response, case) -> None:
 @pytest.fixture(scope="module")
 def server(served_runs):
     cfg = ServeConfig(max_inputs=4, max_beam_size=8, max_output_tokens=64, timeout_s=20)
-    app = create_app(lambda: Engine.load(served_runs["rnn"], cfg), cfg)
+    app = create_app(lambda: TextEngine.load(served_runs["rnn"], cfg), cfg)
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)
         yield url

@@ -19,7 +19,8 @@ from crossway.ct2 import export_ct2, load_ct2
 from crossway.decoding import decode
 from crossway.errors import CheckpointError, ConfigError
 from crossway.model_process import ProcessEngine
-from crossway.server import Engine, ServeConfig, create_app
+from crossway.server import ServeConfig, create_app
+from crossway.server_text import TextEngine
 from tests.servers import running, wait_ready
 
 ctranslate2 = pytest.importorskip("ctranslate2")
@@ -145,7 +146,8 @@ def test_serving_with_the_engine_answers_as_the_library_does(exported, reversal_
     run = reversal_transformer[0]
     cfg = ServeConfig(engine="ctranslate2", workers=0)
     inputs = texts[:6]
-    with running(create_app(lambda: Engine.load(run, cfg), cfg)) as url, httpx.Client(base_url=url, timeout=30) as c:
+    app = create_app(lambda: TextEngine.load(run, cfg), cfg)
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         wait_ready(c)
         assert c.get("/v1/info").json()["engine"] == "ctranslate2"
         r = c.post("/v1/translate", json={"inputs": inputs, "options": {"strategy": "beam", "beam_size": 4}})

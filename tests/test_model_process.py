@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from crossway.model_process import ProcessEngine
-from crossway.server import Engine, RequestError, ServeConfig, create_app
+from crossway.server import RequestError, ServeConfig, create_app
+from crossway.server_text import TextEngine
 from tests.servers import running, wait_ready
 
 
@@ -26,7 +27,7 @@ def process_engine(served_runs):
 
 
 def test_outputs_equal_the_in_process_engines(served_runs, process_engine):
-    local = Engine.load(served_runs["transformer"])
+    local = TextEngine.load(served_runs["transformer"])
     assert process_engine.task == "text" and process_engine.name == local.name
     assert process_engine.limits(ServeConfig()) == local.limits(ServeConfig())
     assert next(process_engine.loaded.model.parameters()).is_meta  # the HTTP side holds no weights

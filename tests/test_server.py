@@ -21,12 +21,13 @@ from crossway.config import decode_overrides
 from crossway.errors import ConfigError
 from crossway.graphone import GraphoneConfig, load_graphone, train_graphone_file
 from crossway.inference import translate
-from crossway.server import Engine, ServeConfig, create_app
+from crossway.server import ServeConfig, create_app
+from crossway.server_text import TextEngine
 from crossway.training.checkpoint import load_checkpoint
 from tests.servers import free_port, running, train_run, wait_ready
 
 
-class HeldEngine(Engine):
+class HeldEngine(TextEngine):
     """The real model, whose calls after the warm-up wait until `release` is set: requests stay in flight for
     as long as a test needs, on a fast machine or a slow one."""
 
@@ -68,7 +69,7 @@ def error_of(r: httpx.Response, status: int) -> dict:
 
 @pytest.fixture
 def rnn_server(served_runs):
-    app = create_app(lambda: Engine.load(served_runs["rnn"]), ServeConfig(max_inputs=4, max_body_bytes=20_000,
+    app = create_app(lambda: TextEngine.load(served_runs["rnn"]), ServeConfig(max_inputs=4, max_body_bytes=20_000,
                                                                           max_beam_size=8))
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)
@@ -122,7 +123,7 @@ def test_coverage_penalty_is_a_request_option(rnn_server, tmp_path):
     assert r.status_code == 200, r.text
     assert [len(o["tokens"]) > 0 for o in r.json()["outputs"]] == [True, True]
     plain = train_run(tmp_path, "rnn-plain", steps=5)
-    with running(create_app(lambda: Engine.load(plain))) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with running(create_app(lambda: TextEngine.load(plain))) as url, httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)
         err = error_of(client.post("/v1/translate", json=body), 422)
         assert err["code"] == "invalid_options" and err["field"] == "options" and "attention" in err["message"]
@@ -214,7 +215,7 @@ def test_ready_is_503_while_loading_then_200(served_runs):
 
     def load():
         gate.wait(20)
-        return Engine.load(served_runs["rnn"])
+        return TextEngine.load(served_runs["rnn"])
 
     with running(create_app(load)) as url, httpx.Client(base_url=url, timeout=30) as client:
         r = client.get("/health/ready")
@@ -227,7 +228,8 @@ def test_ready_is_503_while_loading_then_200(served_runs):
 
 
 def test_a_model_that_fails_to_load_is_reported_not_crashed(tmp_path):
-    with running(create_app(lambda: Engine.load(tmp_path / "nothing"))) as url, httpx.Client(base_url=url) as client:
+    app = create_app(lambda: TextEngine.load(tmp_path / "nothing"))
+    with running(app) as url, httpx.Client(base_url=url) as client:
         until = time.monotonic() + 10
         while client.get("/health/ready").json()["status"] == "loading" and time.monotonic() < until:
             time.sleep(0.02)
@@ -243,7 +245,7 @@ def test_a_server_with_a_rescorer_answers_as_the_library_reranks(served_runs):
     rescorer = str(served_runs["transformer"])
     cfg = ServeConfig(decode=RERANK, rescore=(rescorer,), rescore_weights=(1.0, 0.5))
     inputs = ["abc", "hgfed"]
-    with running(create_app(lambda: Engine.load(served_runs["rnn"], cfg), cfg)) as url, \
+    with running(create_app(lambda: TextEngine.load(served_runs["rnn"], cfg), cfg)) as url, \
             httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)
         info = client.get("/v1/info").json()
@@ -269,7 +271,7 @@ def test_a_server_with_a_graphone_rescorer(served_runs, tmp_path):
     train_graphone_file(served_runs["rnn"].parent / "train.tsv", g, GraphoneConfig(order=3), log=lambda _: None)
     cfg = ServeConfig(decode=RERANK, rescore=(str(g),))
     inputs = ["abc", "hgfed"]
-    with running(create_app(lambda: Engine.load(served_runs["rnn"], cfg), cfg)) as url, \
+    with running(create_app(lambda: TextEngine.load(served_runs["rnn"], cfg), cfg)) as url, \
             httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)
         assert client.get("/v1/info").json()["rescore"]["models"] == [str(g)]
@@ -285,13 +287,13 @@ def test_a_server_with_a_graphone_rescorer(served_runs, tmp_path):
 
 def test_rescorers_need_an_nbest_list_from_the_servers_options(served_runs):
     with pytest.raises(ConfigError, match="n-best"):  # tiny_config decodes greedily: nothing to rerank
-        Engine.load(served_runs["rnn"], ServeConfig(rescore=(str(served_runs["transformer"]),)))
+        TextEngine.load(served_runs["rnn"], ServeConfig(rescore=(str(served_runs["transformer"]),)))
     with pytest.raises(ValueError, match="2 weights for 3 models"):
         ServeConfig(rescore=("a", "b"), rescore_weights=(1.0, 1.0))
 
 @pytest.mark.parametrize("options", [{"strategy": "greedy"}, {"strategy": "beam", "beam_size": 3, "n_best": 2}])
 def test_micro_batching_gives_the_outputs_of_single_requests(served_runs, options):
-    app = create_app(lambda: Engine.load(served_runs["transformer"]), ServeConfig(batch_wait_ms=100))
+    app = create_app(lambda: TextEngine.load(served_runs["transformer"]), ServeConfig(batch_wait_ms=100))
     words = ["abc", "hgfedcb", "ddd", "a", "bcdefga", "hh", "gfe", "cabbage"]
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)

@@ -21,8 +21,9 @@ from crossway.cli import main
 from crossway.config import RunConfig
 from crossway.data.scenes import generate_scenes
 from crossway.errors import ConfigError
-from crossway.server import Engine, ServeConfig, create_app, load_engine
+from crossway.server import ServeConfig, create_app, load_engine
 from crossway.server_caption import CaptionEngine
+from crossway.server_text import TextEngine
 from tests.servers import running, train_run, wait_ready
 from tests.test_server_segment import encoded, error_of, png_declaring
 
@@ -226,8 +227,8 @@ def test_each_task_answers_on_its_own_endpoint_only(client, runs):
         for params in ({}, {"strategy": "sample"}):  # the task is checked first: a bad option does not hide it
             err = error_of(post(text, runs["images"][0].read_bytes(), **params), 404, "wrong_task")
             assert "a text run" in err["message"] and err["endpoint"] == "POST /v1/translate"
-    with pytest.raises(ConfigError, match="is an image_to_text run; Engine serves text runs"):
-        Engine.load(runs["lstm"])
+    with pytest.raises(ConfigError, match="is an image_to_text run; TextEngine serves text runs"):
+        TextEngine.load(runs["lstm"])
     with pytest.raises(ConfigError, match="is a text run; CaptionEngine serves image_to_text runs"):
         CaptionEngine.load(runs["text"])
 

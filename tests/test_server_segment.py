@@ -25,8 +25,9 @@ from crossway.data.images import load_image
 from crossway.errors import ConfigError
 from crossway.model_process import ProcessEngine
 from crossway.segment import PALETTE, gate_maps, overlay
-from crossway.server import Engine, ServeConfig, create_app, load_engine
+from crossway.server import ServeConfig, create_app, load_engine
 from crossway.server_segment import SegmentEngine
+from crossway.server_text import TextEngine
 from tests.servers import running, train_run, wait_ready
 from tests.tasks.test_segmentation import seg_config, write_easy_set
 
@@ -296,8 +297,8 @@ def test_each_task_answers_on_its_own_endpoint_only(client, runs):
             assert "text run" in err["message"] and "POST /v1/translate" in err["message"]
             assert err["endpoint"] == "POST /v1/translate"
         assert text.post("/v1/translate", json={"inputs": ["abc"]}).status_code == 200
-    with pytest.raises(ConfigError, match="is a segmentation run; Engine serves text runs"):
-        Engine.load(runs["unet"])
+    with pytest.raises(ConfigError, match="is a segmentation run; TextEngine serves text runs"):
+        TextEngine.load(runs["unet"])
     with pytest.raises(ConfigError, match="is a text run; SegmentEngine serves segmentation runs"):
         SegmentEngine.load(runs["text"])
 

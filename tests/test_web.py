@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from crossway.server import Engine, create_app, load_engine
+from crossway.server import create_app, load_engine
+from crossway.server_text import TextEngine
 from tests.servers import running, wait_ready
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
@@ -33,7 +34,7 @@ def browser():
 
 @pytest.mark.parametrize("arch", ["transformer", "rnn"])
 def test_translate_in_the_page_shows_output_and_heatmap(browser, served_runs, arch):
-    app = create_app(lambda: Engine.load(served_runs[arch]))
+    app = create_app(lambda: TextEngine.load(served_runs[arch]))
     with running(app) as url:
         with httpx.Client(base_url=url) as client:
             wait_ready(client)
@@ -82,7 +83,7 @@ def test_translate_in_the_page_shows_output_and_heatmap(browser, served_runs, ar
 
 
 def test_page_shows_the_servers_error_message(browser, served_runs):
-    with running(create_app(lambda: Engine.load(served_runs["rnn"]))) as url:
+    with running(create_app(lambda: TextEngine.load(served_runs["rnn"]))) as url:
         page = browser.new_page()
         page.goto(url + "/")
         page.wait_for_selector("#status:text('ready')", timeout=20_000)
