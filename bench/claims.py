@@ -244,7 +244,7 @@ def beam(args) -> dict:
 def exposure_bias(args) -> dict:
     runs = g2p_runs(["g2p-attention", "g2p-scheduled-sampling"], args)
     names = [f"{lo}" if lo == hi else f"{lo}-{hi}" if hi < 99 else f"{lo}+" for lo, hi in POSITIONS]
-    rows, series = [], {}
+    rows, series, wer = [], {}, {}
     for label, name in (("teacher forcing", "g2p-attention"),
                         ("scheduled sampling", "g2p-scheduled-sampling")):
         s = summary(runs[name])
@@ -259,6 +259,7 @@ def exposure_bias(args) -> dict:
         rates = [100 * w / max(n, 1) for w, n in zip(wrong, seen, strict=True)]
         series[label] = rates
         q = families.quality("g2p", ev.hypotheses, ev.references)
+        wer[label] = q["WER %"]
         rows.append([label, f"{s['updates']:,}", f"{s['minutes']:.0f}", f"{q['WER %']:.2f}", f"{q['PER %']:.2f}",
                      *(f"{r:.1f}" for r in rates)])
     tf, ss = series["teacher forcing"], series["scheduled sampling"]
@@ -284,9 +285,12 @@ def exposure_bias(args) -> dict:
                           rows),
         "figure": line_figure("exposure-bias", names, series, "output position (phoneme)", "error rate %"),
         "verdict": f"**{verdict}**: with teacher forcing the error rate averages {tf_early:.1f}% over the first "
-                   f"{late} positions and {tf_late:.1f}% after; with scheduled sampling {ss_early:.1f}% and "
-                   f"{ss_late:.1f}% (rule: reproduced when errors grow along the output with teacher forcing "
-                   f"and scheduled sampling has both a smaller growth and fewer late errors).",
+                   f"{late} positions and {tf_late:.1f}% after (errors {'grow' if grows else 'do not grow'} along "
+                   f"the output); with scheduled sampling {ss_early:.1f}% and {ss_late:.1f}% (it "
+                   f"{'narrows' if narrows else 'does not narrow'} the late errors; WER "
+                   f"{wer['scheduled sampling']:.2f} against {wer['teacher forcing']:.2f}). Rule: reproduced when "
+                   f"errors grow along the output with teacher forcing and scheduled sampling has both a smaller "
+                   f"growth and fewer late errors.",
     }
 
 
@@ -309,7 +313,8 @@ def skips(args) -> dict:
     with_f1, without_f1 = rows["crossway-unet"]["scores"]["boundary_f1"], rows["crossway-noskip"]["scores"][
         "boundary_f1"]
     d_with, d_without = rows["crossway-unet"]["scores"]["dice"], rows["crossway-noskip"]["scores"]["dice"]
-    verdict = "reproduced" if with_f1 > without_f1 else "not reproduced"
+    verdict = ("reproduced" if d_with >= d_without else "partly reproduced") if with_f1 > without_f1 else \
+        "not reproduced"
     return {
         "title": "U-Net's skips recover the boundaries a plain encoder-decoder loses",
         "claim": "Ronneberger et al. (2015): the contracting path loses spatial detail; skip connections hand the "
@@ -321,9 +326,10 @@ def skips(args) -> dict:
                  f"the two differ most in boundary F1 (bench/skips_figure.py).",
         "table": md_table(["network", "parameters", "updates", "Dice", "IoU", "boundary F1"], table),
         "figure": fig,
-        "verdict": f"**{verdict}**: boundary F1 {with_f1:.3f} with the skips against {without_f1:.3f} without "
-                   f"(Dice {d_with:.3f} against {d_without:.3f}; rule: reproduced when the skips give the higher "
-                   f"boundary F1).",
+        "verdict": f"**{verdict}**: boundary F1 {with_f1:.3f} with the skips against {without_f1:.3f} without, "
+                   f"Dice {d_with:.3f} against {d_without:.3f}. Rule: reproduced when the skips give the higher "
+                   f"boundary F1 without a lower Dice; partly reproduced when they give the higher boundary F1 "
+                   f"only.",
     }
 
 
