@@ -46,6 +46,7 @@ class ModelProcess:
         self.run, self.cfg, self.index = str(run), cfg, index
         self._proc: multiprocessing.Process | None = None
         self._conn: Connection | None = None
+        self.info: dict | None = None  # the engine's, from the child's ready message (kept across restarts)
         self.start()
 
     def start(self) -> None:
@@ -69,7 +70,7 @@ class ModelProcess:
         if status != "ready":
             self.close()
             raise payload
-        self._ready = True
+        self._ready, self.info = True, payload
 
     def call(self, inputs: list, key) -> list:
         """The engine's `run_batch(inputs, key)` in the child."""
@@ -133,7 +134,7 @@ def _child_main(run: str, cfg: ServeConfig, conn: Connection) -> None:
     except Exception as e:  # noqa: BLE001 - reported to the server, which reports it on /health/ready
         send("failed", e if _picklable(e) else ModelProcessError(f"{type(e).__name__}: {e}"))
         return
-    send("ready", None)
+    send("ready", engine.info())  # what only the loaded model knows (the attention it returns)
     while True:
         try:
             message = pickle.loads(conn.recv_bytes())
@@ -187,6 +188,10 @@ class ProcessEngine:
             return process.call(inputs, key)
         finally:
             self._idle.put(process)
+
+    def info(self) -> dict:
+        """The engine's info as a model process, which holds the weights, gave it when it was ready."""
+        return self.processes[0].info
 
     def warm_up(self) -> None:
         """Each model process warmed up its engine before it said it was ready."""

@@ -56,6 +56,7 @@ class TextEngine:
         check_task(loaded, self.task)
         check_rerank(loaded.config.decode, rescorers)
         self.loaded, self.name = loaded, name
+        self.attention = {"layers": 0, "heads": 0}  # what the model returns, seen by warm_up
         self.check_decode(loaded.config.decode)  # an engine without the run's default options fails at start
         self.rescorers, self.weights = list(rescorers), None if weights is None else list(weights)
         cfg = loaded.config
@@ -105,27 +106,30 @@ class TextEngine:
         cfg = self.loaded.config
         out = {"name": self.name, "task": self.task, "arch": cfg.model.arch, "src_tokenizer": cfg.data.src_tokenizer,
                "tgt_tokenizer": cfg.data.tgt_tokenizer, "decode": dataclasses.asdict(cfg.decode),
-               "attention": _attention_kind(cfg.model), "engine": getattr(self.loaded.model, "engine", "torch")}
+               "attention": self.attention, "engine": getattr(self.loaded.model, "engine", "torch")}
         if self.rescorers:
             out["rescore"] = {"models": [str(r.path) for r in self.rescorers],
                               "weights": self.weights or [1.0] * (1 + len(self.rescorers))}
         return out
 
     def warm_up(self) -> None:
+        """One decode, with attention when the engine can return it: what it returns sets `attention` (the web
+        page's layer and head choices; layers 0 for a model without attention)."""
         sample = self.loaded.src.tokenizer.detokenize(self.loaded.src.vocab.itos[4:9])
         dcfg = dataclasses.replace(self.loaded.config.decode, return_attention=True)
         try:
             self.check_decode(dcfg)
         except ConfigError:  # an engine that returns no attention
             dcfg = self.loaded.config.decode
-        self.translate([sample], dcfg)
+        self.attention = attention_kind(self.translate([sample], dcfg)[0].attention)
 
 
-def _attention_kind(model_cfg) -> dict:
-    if model_cfg.arch == "transformer":
-        return {"layers": model_cfg.dec_layers, "heads": model_cfg.heads}
-    return {"layers": 0, "heads": 0} if getattr(model_cfg, "attention", "none") == "none" else \
-        {"layers": 1, "heads": 1}
+def attention_kind(attention) -> dict:
+    """A translation's attention (T, S), (T, H, S) or (T, L, H, S), or None -> its decoder layers and heads."""
+    if attention is None:
+        return {"layers": 0, "heads": 0}
+    shape = list(attention.shape[1:-1])  # [], [H] or [L, H]
+    return {"layers": shape[0] if len(shape) == 2 else 1, "heads": shape[-1] if shape else 1}
 
 
 class DecodeOptions(BaseModel):

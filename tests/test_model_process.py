@@ -31,6 +31,8 @@ def test_outputs_equal_the_in_process_engines(served_runs, process_engine):
     assert process_engine.task == "text" and process_engine.name == local.name
     assert process_engine.limits(ServeConfig()) == local.limits(ServeConfig())
     assert next(process_engine.loaded.model.parameters()).is_meta  # the HTTP side holds no weights
+    local.warm_up()  # the attention the model returns is seen by a decode: the process's, sent when it was ready
+    assert process_engine.info() == local.info() and local.info()["attention"] == {"layers": 2, "heads": 4}
     for options in ({"strategy": "greedy"}, {"strategy": "beam", "beam_size": 4, "n_best": 2,
                                               "return_attention": True}):
         dcfg = dataclasses.replace(local.loaded.config.decode, **options)

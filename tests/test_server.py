@@ -119,12 +119,14 @@ def test_coverage_penalty_is_a_request_option(rnn_server, tmp_path):
     """Beam search's coverage penalty per request: decoded by a model with attention; a model without it answers
     422 naming the option, and still serves requests without it."""
     body = {"inputs": ["abcd", "hgf"], "options": {"strategy": "beam", "beam_size": 3, "coverage_penalty": 0.5}}
+    assert rnn_server.get("/v1/info").json()["attention"] == {"layers": 1, "heads": 1}
     r = rnn_server.post("/v1/translate", json=body)
     assert r.status_code == 200, r.text
     assert [len(o["tokens"]) > 0 for o in r.json()["outputs"]] == [True, True]
     plain = train_run(tmp_path, "rnn-plain", steps=5)
     with running(create_app(lambda: TextEngine.load(plain))) as url, httpx.Client(base_url=url, timeout=30) as client:
         wait_ready(client)
+        assert client.get("/v1/info").json()["attention"] == {"layers": 0, "heads": 0}  # the page hides its controls
         err = error_of(client.post("/v1/translate", json=body), 422)
         assert err["code"] == "invalid_options" and err["field"] == "options" and "attention" in err["message"]
         del body["options"]["coverage_penalty"]
