@@ -48,47 +48,43 @@ def _decode_cfg(args, loaded: cw.LoadedModel) -> cw.DecodeConfig:
     return dataclasses.replace(cfg, max_tokens=args.max_tokens) if args.max_tokens else cfg
 
 
+def _generated(make, *args, **kwargs) -> dict:
+    """A built-in data set generator's statistics; its ValueError (a bad size or count) as a ConfigError."""
+    try:
+        return make(*args, **kwargs)
+    except ValueError as e:
+        raise cw.ConfigError(str(e)) from None
+
+
 def data_g2p(args) -> None:
     stats = cw.prepare_g2p(args.outdir, keep_stress=args.keep_stress)
     print(json.dumps(stats, indent=2))
 
 
 def data_shapes(args) -> None:
-    try:
-        stats = cw.generate_shapes(args.outdir, args.train, args.valid, args.test, args.size, args.seed)
-    except ValueError as e:
-        raise cw.ConfigError(str(e)) from None
+    stats = _generated(cw.generate_shapes, args.outdir, args.train, args.valid, args.test, args.size, args.seed)
     print(json.dumps(stats, indent=2))
 
 
 def data_scenes(args) -> None:
-    try:
-        stats = cw.generate_scenes(args.outdir, args.train, args.valid, args.test, args.size, args.seed)
-    except ValueError as e:
-        raise cw.ConfigError(str(e)) from None
+    stats = _generated(cw.generate_scenes, args.outdir, args.train, args.valid, args.test, args.size, args.seed)
     counts = ", ".join(f"{s} {v['images']} images ({v['captions']} captions)" for s, v in stats["splits"].items())
     print(f"{args.outdir}: {counts}; held out for test: {', '.join(stats['held_out'])}; see {stats['readme']}")
 
 
 def data_textlines(args) -> None:
-    try:
-        stats = cw.generate_textlines(args.outdir, args.text, args.train, args.valid, args.test, args.height,
-                                      args.max_chars, args.seed)
-    except ValueError as e:
-        raise cw.ConfigError(str(e)) from None
+    stats = _generated(cw.generate_textlines, args.outdir, args.text, args.train, args.valid, args.test,
+                       args.height, args.max_chars, args.seed)
     counts = ", ".join(f"{s} {v['images']} lines ({', '.join(v['families'])})" for s, v in stats["splits"].items())
     skipped = ", ".join(f"{k} {n}" for k, n in stats["skipped"].items() if n) or "nothing"
     print(f"{args.outdir}: {counts}; skipped: {skipped}; see {stats['readme']}")
 
 
 def data_speech(args) -> None:
-    try:
-        stats = cw.generate_speech(args.outdir, args.text, args.train, args.valid, args.test, column=args.column,
-                                   translation_column=args.translation_column, max_words=args.max_words,
-                                   max_seconds=args.max_seconds, workers=args.workers, seed=args.seed,
-                                   log=lambda line: print(line, file=sys.stderr, flush=True))
-    except ValueError as e:
-        raise cw.ConfigError(str(e)) from None
+    stats = _generated(cw.generate_speech, args.outdir, args.text, args.train, args.valid, args.test,
+                       column=args.column, translation_column=args.translation_column, max_words=args.max_words,
+                       max_seconds=args.max_seconds, workers=args.workers, seed=args.seed,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
     counts = ", ".join(f"{s} {v['utterances']} utterances ({v['seconds'] / 3600:.2f} h, {v['voices']} voices)"
                        for s, v in stats["splits"].items())
     skipped = ", ".join(f"{k} {n}" for k, n in stats["skipped"].items() if n) or "nothing"
