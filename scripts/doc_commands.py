@@ -12,7 +12,8 @@ beside TMP/shared/data/bible (the Bible configs read ../shared/data/bible). What
 is printed under the command:
 - `crossway train` / `torchrun`: tiny budgets appended (a few steps; as many epochs as a later `average --last N`
   needs checkpoints; a small SentencePiece vocabulary), `--overwrite` when an earlier command made the run;
-- `crossway data shapes|scenes|textlines`: a small set (textlines: a few sentences when --text names no file);
+- `crossway data shapes|scenes|textlines|speech`: a small set (textlines: a few sentences when --text names no
+  file; speech: the documented --train/--valid/--test counts replaced);
   after `crossway data g2p` (run as printed) data/g2p is made small again;
 - `crossway serve`: a free port, in the background until its `curl` commands have run, then SIGTERM (it must
   stop cleanly, within a minute); `curl`: that port, and --fail-with-body so that an HTTP error fails;
@@ -57,6 +58,8 @@ SPM_VOCAB = 400  # byte fallback takes 256 pieces; the rest fits the small Bible
 SHAPES = {"size": 32, "train": 16, "valid": 4, "test": 4}
 SCENES = {"size": 32, "train": 24, "valid": 4, "test": 4}
 TEXTLINES = {"train": 16, "valid": 4, "test": 4}
+SPEECH = {"train": 16, "valid": 4, "test": 4}
+AUDIO = {"clip.flac": 2.0, "clip1.flac": 2.0, "clip2.wav": 1.5, "long_talk.wav": 35.0}  # placeholder inputs, seconds
 SENTENCES = ["In the beginning God created the heavens and the earth.", "The earth was formless and empty.",
              "God said, Let there be light, and there was light.", "God saw the light, and saw that it was good.",
              "God called the light Day, and the darkness he called Night.", "There was evening and there was morning."]
@@ -295,6 +298,19 @@ def write_marian(repo: Path) -> None:
         str(d))
 
 
+def write_audio(repo: Path) -> None:
+    """The audio files the docs name: 16 kHz tones over noise, one file longer than a 30-second window."""
+    import numpy as np
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    for name, seconds in AUDIO.items():
+        t = np.arange(int(16000 * seconds)) / 16000
+        tone = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.1 * np.sin(2 * np.pi * t)))
+        wave = tone + 0.02 * rng.standard_normal(t.size)
+        soundfile.write(repo / name, wave.astype(np.float32), 16000)
+
+
 def make_layout(top: Path) -> Path:
     """TMP/repo and TMP/shared/data/bible with small data and the docs' placeholder inputs (the Marian directory
     comes later, when a command needs it: it takes transformers)."""
@@ -316,6 +332,7 @@ def make_layout(top: Path) -> Path:
     (repo / "input.txt").write_text("the cat sat on the mat\na small test of the model\n")
     (repo / "hyps.txt").write_text("the cat sat on the mat\nhello world\n")
     (repo / "refs.txt").write_text("the cat sat on a mat\nhello world\n")
+    write_audio(repo)
     rng = random.Random(0)
     for name, size in (("img1.png", (40, 36)), ("img2.jpg", (48, 32))):
         img = Image.new("RGB", size)
@@ -479,6 +496,10 @@ class Runner:
                     (self.repo / name).parent.mkdir(parents=True, exist_ok=True)
                     (self.repo / name).write_text(text_lines())
                     notes.append(f"{name}: a few sentences")
+        elif argv[:2] == ["data", "speech"]:
+            text = re.sub(r" --(train|valid|test)[= ]\d+", "", text)
+            text += "".join(f" --{k} {v}" for k, v in SPEECH.items())
+            notes.append("a small synthesized set")
         elif argv[:1] == ["serve"]:
             port = free_port()
             text = re.sub(r"--port[= ]\d+", f"--port {port}", text) if "--port" in text else f"{text} --port {port}"
