@@ -149,7 +149,9 @@ def test_serving_with_the_engine_answers_as_the_library_does(exported, reversal_
     app = create_app(lambda: TextEngine.load(run, cfg), cfg)
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         wait_ready(c)
-        assert c.get("/v1/info").json()["engine"] == "ctranslate2"
+        info = c.get("/v1/info").json()
+        assert info["engine"] == "ctranslate2"
+        assert info["attention"] == {"layers": 0, "heads": 0}  # the engine returns none: the page offers no heatmap
         r = c.post("/v1/translate", json={"inputs": inputs, "options": {"strategy": "beam", "beam_size": 4}})
         assert r.status_code == 200, r.text
         r2 = c.post("/v1/translate", json={"inputs": inputs[:1], "return_attention": True})
