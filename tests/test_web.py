@@ -4,6 +4,7 @@ gate maps. Screenshots go to tests/artifacts/."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def test_translate_in_the_page_shows_output_and_heatmap(browser, served_runs, ar
         page.select_option("#strategy", "beam")
         page.fill("#n_best", "3")
         page.fill("#coverage_penalty", "0.3")
-        page.click("#go")
+        with page.expect_request("**/v1/translate") as sent:
+            page.click("#go")
+        assert json.loads(sent.value.post_data)["options"]["coverage_penalty"] == 0.3
         page.wait_for_function("document.querySelectorAll('ol.nbest li.output').length === 3")
         page.locator("ol.nbest li.output").nth(1).click()
         assert page.locator("ol.nbest li.output").nth(1).get_attribute("class") == "output selected"
