@@ -296,9 +296,15 @@ def exposure_bias(args) -> dict:
 
 def skips(args) -> dict:
     works = {name: OUT / "skips" / name for name in ("crossway-unet", "crossway-noskip")}
+
+    def done(name: str) -> bool:  # a finished network of this budget is reused, as the other claims' runs are
+        path = works[name] / "results.json"
+        return path.exists() and json.loads(path.read_text())[name]["budget"]["steps"] == args.steps
+
     if not args.no_train:  # one bench/segment.py per network, side by side (--jobs), one thread each
         cmds = [[sys.executable, str(ROOT / "bench/segment.py"), "--systems", name, "--steps", str(args.steps),
-                 "--threads", "1", "--reps", "2", "--work", str(work)] for name, work in works.items()]
+                 "--threads", "1", "--reps", "2", "--work", str(work)] for name, work in works.items()
+                if not done(name)]
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda cmd: subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL), cmds))
     rows = {name: json.loads((work / "results.json").read_text())[name] for name, work in works.items()}
